@@ -11,6 +11,8 @@ command -v llvm-strip >/dev/null  || need+=(llvm)
 command -v bpftool >/dev/null     || [ -x /usr/sbin/bpftool ] || need+=(bpftool)
 command -v ip >/dev/null          || need+=(iproute2)
 command -v promtool >/dev/null    || need+=(prometheus)
+command -v ping >/dev/null        || need+=(iputils-ping)
+command -v nsenter >/dev/null     || need+=(util-linux)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then

@@ -1,0 +1,163 @@
+// Package topology builds throw-away test networks: hosts as network
+// namespaces joined by veth pairs, with IPv4 and IPv6 addresses that exist only
+// inside those namespaces. Everything is removed when the test ends, also when
+// it fails. Traffic in tests goes only to these addresses.
+//
+// The shape is a star around the victim:
+//
+//	attacker (10.A.1.2, fdcw:A:1::2) ---- (10.A.1.1, fdcw:A:1::1) victim
+//	internal (10.A.2.2, fdcw:A:2::2) ---- (10.A.2.1, fdcw:A:2::1) victim
+//
+// where A is drawn per topology so parallel tests do not collide. The victim
+// routes between the two links, so the attacker can reach the internal host
+// only through it.
+package topology
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"math/big"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// Host is one namespace.
+type Host struct {
+	Name string // namespace name (ip netns)
+	// Addrs of this host: v4 and v6 on its link toward the victim (for the
+	// victim: on its link toward the attacker).
+	IPv4, IPv6 netip.Addr
+	// IfName is this host's interface toward the victim (for the victim: toward
+	// the attacker, where its XDP program attaches).
+	IfName string
+}
+
+// Topology is the attacker / victim / internal star.
+type Topology struct {
+	Attacker, Victim, Internal *Host
+	// VictimInternal4/6 are the victim's addresses on the internal link;
+	// VictimInternalIf its interface there.
+	VictimInternal4, VictimInternal6 netip.Addr
+	VictimInternalIf                 string
+	id                               string
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func run(args ...string) error {
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// New builds the star and registers its removal with t.Cleanup.
+func New(t testing.TB) *Topology {
+	t.Helper()
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Fatalf("topology needs iproute2: %v", err)
+	}
+	id := randHex(2)
+	n, _ := rand.Int(rand.Reader, big.NewInt(200))
+	a := int(n.Int64()) + 20 // 10.20-219.x
+	top := &Topology{id: id}
+	mk := func(role string) *Host { return &Host{Name: "cw" + id + role} }
+	top.Attacker, top.Victim, top.Internal = mk("att"), mk("vic"), mk("int")
+	t.Cleanup(func() { top.Remove() })
+
+	must := func(args ...string) {
+		t.Helper()
+		if err := run(args...); err != nil {
+			t.Fatalf("build topology: %v", err)
+		}
+	}
+	for _, h := range []*Host{top.Attacker, top.Victim, top.Internal} {
+		must("ip", "netns", "add", h.Name)
+		must("ip", "-n", h.Name, "link", "set", "lo", "up")
+	}
+	// link 1: attacker <-> victim; link 2: internal <-> victim.
+	top.Attacker.IfName, top.Victim.IfName = "cw"+id+"a0", "cw"+id+"v1"
+	top.Internal.IfName, top.VictimInternalIf = "cw"+id+"i0", "cw"+id+"v2"
+	link := func(h *Host, hIf, vIf string, sub int) (netip.Addr, netip.Addr, netip.Addr, netip.Addr) {
+		must("ip", "link", "add", hIf, "netns", h.Name, "type", "veth", "peer", "name", vIf, "netns", top.Victim.Name)
+		h4 := netip.MustParseAddr(fmt.Sprintf("10.%d.%d.2", a, sub))
+		v4 := netip.MustParseAddr(fmt.Sprintf("10.%d.%d.1", a, sub))
+		h6 := netip.MustParseAddr(fmt.Sprintf("fd00:c3:%x:%d::2", a, sub))
+		v6 := netip.MustParseAddr(fmt.Sprintf("fd00:c3:%x:%d::1", a, sub))
+		must("ip", "-n", h.Name, "addr", "add", h4.String()+"/24", "dev", hIf)
+		must("ip", "-n", h.Name, "addr", "add", h6.String()+"/64", "dev", hIf, "nodad")
+		must("ip", "-n", top.Victim.Name, "addr", "add", v4.String()+"/24", "dev", vIf)
+		must("ip", "-n", top.Victim.Name, "addr", "add", v6.String()+"/64", "dev", vIf, "nodad")
+		must("ip", "-n", h.Name, "link", "set", hIf, "up")
+		must("ip", "-n", top.Victim.Name, "link", "set", vIf, "up")
+		must("ip", "-n", h.Name, "route", "add", "default", "via", v4.String())
+		must("ip", "-n", h.Name, "-6", "route", "add", "default", "via", v6.String())
+		return h4, v4, h6, v6
+	}
+	var v4, v6 netip.Addr
+	top.Attacker.IPv4, v4, top.Attacker.IPv6, v6 = link(top.Attacker, top.Attacker.IfName, top.Victim.IfName, 1)
+	top.Victim.IPv4, top.Victim.IPv6 = v4, v6
+	top.Internal.IPv4, top.VictimInternal4, top.Internal.IPv6, top.VictimInternal6 = link(top.Internal, top.Internal.IfName, top.VictimInternalIf, 2)
+	must("ip", "netns", "exec", top.Victim.Name, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	must("ip", "netns", "exec", top.Victim.Name, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+	return top
+}
+
+// Remove deletes the namespaces (and with them the veths). Idempotent.
+func (top *Topology) Remove() error {
+	var first error
+	for _, h := range []*Host{top.Attacker, top.Victim, top.Internal} {
+		if h == nil {
+			continue
+		}
+		if _, err := os.Stat("/run/netns/" + h.Name); err != nil {
+			continue
+		}
+		if err := run("ip", "netns", "del", h.Name); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// Command returns a command that runs inside h's network namespace only
+// (nsenter --net): unlike `ip netns exec` it keeps the mount namespace, so
+// bpffs pins and unix sockets are shared with the test.
+func (h *Host) Command(name string, args ...string) *exec.Cmd {
+	return exec.Command("nsenter", append([]string{"--net=/run/netns/" + h.Name, "--", name}, args...)...)
+}
+
+// Do runs fn on an OS thread switched into h's network namespace. Sockets fn
+// creates live in that namespace. The thread is discarded afterwards rather
+// than returned to the Go scheduler in a foreign namespace.
+func (h *Host) Do(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// Not unlocking: the goroutine's exit then terminates the thread.
+		f, err := os.Open("/run/netns/" + h.Name)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("setns %s: %w", h.Name, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
