@@ -405,3 +405,31 @@ func TestTracerOptions(t *testing.T) {
 		})
 	}
 }
+
+// TestTracerReadAllocs checks that Read does not allocate per event: the
+// events of a burst of connects are already in the ring when the reads are
+// counted, and nothing else in the process runs meanwhile.
+func TestTracerReadAllocs(t *testing.T) {
+	tr := newTestTracer(t, TracerOptions{})
+	closed := closedPort(t, loopback4)
+	// Each refused connect writes four records (connect, attempt, close, reset).
+	const connects, reads = 100, 300
+	for range connects {
+		if d := dial(t, loopback4, closed); !errors.Is(d.err, unix.ECONNREFUSED) {
+			t.Fatalf("connect to closed port: %v", d.err)
+		}
+	}
+	var ev event.Event
+	var err error
+	allocs := testing.AllocsPerRun(reads, func() {
+		if e := tr.Read(&ev); e != nil && err == nil {
+			err = e
+		}
+	})
+	if err != nil {
+		t.Fatalf("Read: %v", err)
+	}
+	if allocs != 0 {
+		t.Errorf("Read allocates %v times per event, want 0", allocs)
+	}
+}
