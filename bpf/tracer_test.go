@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -431,5 +432,55 @@ func TestTracerReadAllocs(t *testing.T) {
 	}
 	if allocs != 0 {
 		t.Errorf("Read allocates %v times per event, want 0", allocs)
+	}
+}
+
+// TestTracerConnectTimeout checks that a handshake that times out is reported
+// with -ETIMEDOUT, read from the socket's error in the kernel. The listener's
+// accept queue (backlog 0) is filled by a first connection, so the kernel
+// drops the second one's SYNs; TCP_SYNCNT 1 gives up after about 3s.
+func TestTracerConnectTimeout(t *testing.T) {
+	tr := newTestTracer(t, TracerOptions{})
+	c := collect(t, tr)
+	lfd, server := boundSocket(t, loopback4)
+	t.Cleanup(func() { unix.Close(lfd) })
+	if err := unix.Listen(lfd, 0); err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	if d := dial(t, loopback4, server); d.err != nil {
+		t.Fatalf("connect to fill the accept queue: %v", d.err)
+	}
+
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	fd, local := boundSocket(t, loopback4)
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_SYNCNT, 1); err != nil {
+		t.Fatalf("TCP_SYNCNT: %v", err)
+	}
+	tid := unix.Gettid()
+	start := monotonicNow(t)
+	err := unix.Connect(fd, sockaddr(server))
+	if !errors.Is(err, unix.ETIMEDOUT) {
+		t.Fatalf("connect to a full accept queue: %v, want ETIMEDOUT", err)
+	}
+
+	want := event.Event{
+		Kind: event.KindTCPClose, Direction: event.DirOutbound, State: tcpClose, Result: -event.ETIMEDOUT,
+		PID: uint32(tid), TGID: uint32(os.Getpid()), UID: uint32(os.Getuid()), Comm: threadComm(t, tid),
+		Local: local, Remote: server,
+	}
+	got := c.waitFor(t, "tcp_close", func(ev *event.Event) bool {
+		return ev.Kind == event.KindTCPClose && ev.Local == local
+	})
+	got.Timestamp, got.Cgroup = 0, 0
+	if diff := cmp.Diff(want, got, cmpopts.EquateComparable(netip.AddrPort{})); diff != "" {
+		t.Errorf("tcp_close (-want +got):\n%s", diff)
+	}
+	connect := c.waitFor(t, "connect", func(ev *event.Event) bool {
+		return ev.Kind == event.KindConnect && ev.PID == uint32(tid) && ev.Remote == server && ev.Timestamp >= start
+	})
+	if connect.Result != -event.ETIMEDOUT {
+		t.Errorf("connect result %d, want %d", connect.Result, -event.ETIMEDOUT)
 	}
 }
