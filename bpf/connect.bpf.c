@@ -133,10 +133,12 @@ struct {
 /*
  * connect_args: pid_tgid (u64) -> struct connect_args.
  * Inserted: sys_enter_connect. Read and deleted: sys_exit_connect of the same
- * thread. LRU so that a thread that never returns cannot fill it.
+ * thread, which runs for every syscall that entered, even one a fatal signal
+ * interrupts; so entries live only while a connect() is in flight and a plain
+ * hash (cheaper to update than an LRU) stays small.
  */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64);
 	__type(value, struct connect_args);
@@ -304,23 +306,24 @@ int tp_enter_connect(struct tp_sys_enter_connect *ctx)
 		return 0;
 
 	const void *uaddr = (const void *)ctx->uservaddr;
+	/* struct sockaddr_in is 16 bytes: family, port, addr; sockaddr_in6 is
+	 * 28: family, port, flowinfo, addr (we need 24). Shorter addresses make
+	 * connect() fail with EINVAL before it does anything worth reporting.
+	 * One read of what the caller passed, up to 24 bytes. */
 	__u64 len = ctx->addrlen;
-	/* struct sockaddr_in: family, port, addr; sockaddr_in6: family, port,
-	 * flowinfo, addr. Shorter addresses make connect() fail with EINVAL
-	 * before it does anything worth reporting. */
+	if (len < 16)
+		return 0;
+	if (len > 24)
+		len = 24;
 	__u8 sa[24] = {};
-	if (bpf_probe_read_user(sa, 2, uaddr))
+	if (bpf_probe_read_user(sa, len, uaddr))
 		return 0;
 
 	struct connect_args a = {};
 	a.family = *(__u16 *)sa;
 	if (a.family == AF_INET) {
-		if (len < 16 || bpf_probe_read_user(sa, 8, uaddr))
-			return 0;
 		__builtin_memcpy(a.addr, &sa[4], 4);
-	} else if (a.family == AF_INET6) {
-		if (len < 24 || bpf_probe_read_user(sa, 24, uaddr))
-			return 0;
+	} else if (a.family == AF_INET6 && len == 24) {
 		__builtin_memcpy(a.addr, &sa[8], 16);
 	} else {
 		return 0;
@@ -355,8 +358,9 @@ int tp_exit_connect(struct tp_sys_exit_connect *ctx)
 	return 0;
 }
 
-/* Addresses from the state tracepoint; the 16-byte copies go through
- * bpf_probe_read_kernel so the verifier sees fixed context offsets. */
+/* Addresses from the state tracepoint. Copied as whole words at fixed
+ * context offsets: the verifier rejects a context read at a variable offset,
+ * which is what clang makes of byte-array copies it merges across branches. */
 static __always_inline void state_addrs(struct event *e, struct tp_inet_sock_set_state *ctx,
 					__u16 family)
 {
@@ -364,11 +368,13 @@ static __always_inline void state_addrs(struct event *e, struct tp_inet_sock_set
 	e->lport = ctx->sport;
 	e->rport = ctx->dport;
 	if (family == AF_INET) {
-		bpf_probe_read_kernel(e->laddr, 4, ctx->saddr);
-		bpf_probe_read_kernel(e->raddr, 4, ctx->daddr);
+		*(__u32 *)e->laddr = *(__u32 *)ctx->saddr;
+		*(__u32 *)e->raddr = *(__u32 *)ctx->daddr;
 	} else {
-		bpf_probe_read_kernel(e->laddr, 16, ctx->saddr_v6);
-		bpf_probe_read_kernel(e->raddr, 16, ctx->daddr_v6);
+		((__u64 *)e->laddr)[0] = ((__u64 *)ctx->saddr_v6)[0];
+		((__u64 *)e->laddr)[1] = ((__u64 *)ctx->saddr_v6)[1];
+		((__u64 *)e->raddr)[0] = ((__u64 *)ctx->daddr_v6)[0];
+		((__u64 *)e->raddr)[1] = ((__u64 *)ctx->daddr_v6)[1];
 	}
 }
 

@@ -119,6 +119,7 @@ type Tracer struct {
 	rec     ringbuf.Record // reused by Read
 	timeout time.Duration
 	hooks   HookReport
+	progs   []*ebpf.Program // attached, for run-time statistics
 
 	// closers are released by Close in reverse order of opening.
 	closers []namedCloser
@@ -186,6 +187,7 @@ func NewTracer(opts TracerOptions) (_ *Tracer, err error) {
 		t.closers = append(t.closers, namedCloser{hook.String() + " program", prog})
 		t.closers = append(t.closers, namedCloser{hook.String() + " link", l})
 		t.hooks.Programs = append(t.hooks.Programs, hook.String())
+		t.progs = append(t.progs, prog)
 	}
 
 	if err := knobs.AttemptFromState.Set(hook == HookTracepoint); err != nil {
@@ -215,6 +217,7 @@ func NewTracer(opts TracerOptions) (_ *Tracer, err error) {
 		}
 		t.closers = append(t.closers, namedCloser{name + " link", l})
 		t.hooks.Programs = append(t.hooks.Programs, name)
+		t.progs = append(t.progs, tp.prog)
 	}
 
 	t.reader, err = ringbuf.NewReader(t.maps.Events)

@@ -7,6 +7,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -47,20 +50,46 @@ func BenchmarkConnect(b *testing.B) {
 		<-done
 	})
 
+	// Kernel time in the tracer's programs, where the kernel keeps count.
+	if stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME)); err != nil {
+		b.Logf("no BPF run-time statistics: %v", err)
+	} else {
+		b.Cleanup(func() { stats.Close() })
+	}
+
 	b.Run("traced", func(b *testing.B) {
 		lost0, err := tr.Lost()
 		if err != nil {
 			b.Fatal(err)
 		}
 		events0 := events.Load()
+		run0 := bpfRuntime(b, tr)
 		benchConnects(b, server)
+		run := bpfRuntime(b, tr)
 		lost, err := tr.Lost()
 		if err != nil {
 			b.Fatal(err)
 		}
 		b.ReportMetric(float64(lost-lost0), "lost")
 		b.ReportMetric(float64(events.Load()-events0)/float64(b.N), "events/connect")
+		if run > run0 {
+			b.ReportMetric(float64(run-run0)/float64(b.N), "bpf-ns/connect")
+		}
 	})
+}
+
+// bpfRuntime sums the kernel's run-time count over the tracer's programs (0
+// unless statistics are enabled).
+func bpfRuntime(b *testing.B, tr *Tracer) time.Duration {
+	var sum time.Duration
+	for _, p := range tr.progs {
+		st, err := p.Stats()
+		if err != nil {
+			b.Fatalf("program stats: %v", err)
+		}
+		sum += st.Runtime
+	}
+	return sum
 }
 
 func benchConnects(b *testing.B, server netip.AddrPort) {
