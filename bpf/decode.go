@@ -37,9 +37,10 @@ const (
 	afInet6 = 10
 )
 
-// errRecord is wrapped by every decoding error: the record is not one that
-// connect.bpf.c writes.
-var errRecord = errors.New("malformed event record")
+// ErrMalformedRecord is wrapped by every decoding error: the record is not
+// one that connect.bpf.c writes. Read returns it for such a record; the next
+// Read goes on with the next one.
+var ErrMalformedRecord = errors.New("malformed event record")
 
 // decodeEvent fills ev from one ring buffer record written by connect.bpf.c.
 // It is the only place kernel bytes become an event.Event, and it does not
@@ -52,22 +53,22 @@ var errRecord = errors.New("malformed event record")
 // decode to the zero netip.AddrPort.
 func decodeEvent(raw []byte, ev *event.Event) error {
 	if len(raw) < eventSize {
-		return fmt.Errorf("decode event: %d bytes, want %d: %w", len(raw), eventSize, errRecord)
+		return fmt.Errorf("decode event: %d bytes, want %d: %w", len(raw), eventSize, ErrMalformedRecord)
 	}
 	raw = raw[:eventSize]
 	ne := binary.NativeEndian
 
 	kind, ok := eventKind(connectKind(raw[offKind]))
 	if !ok {
-		return fmt.Errorf("decode event: kind %d: %w", raw[offKind], errRecord)
+		return fmt.Errorf("decode event: kind %d: %w", raw[offKind], ErrMalformedRecord)
 	}
 	dir, ok := eventDirection(connectDirection(raw[offDirection]))
 	if !ok {
-		return fmt.Errorf("decode event: direction %d: %w", raw[offDirection], errRecord)
+		return fmt.Errorf("decode event: direction %d: %w", raw[offDirection], ErrMalformedRecord)
 	}
 	family := ne.Uint16(raw[offFamily:])
 	if family != afInet && family != afInet6 {
-		return fmt.Errorf("decode event: address family %d: %w", family, errRecord)
+		return fmt.Errorf("decode event: address family %d: %w", family, ErrMalformedRecord)
 	}
 
 	ev.Timestamp = ne.Uint64(raw[offTimestamp:])

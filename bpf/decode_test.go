@@ -216,8 +216,8 @@ func TestDecodeEventMalformed(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var ev event.Event
-			if err := decodeEvent(tc.raw(), &ev); !errors.Is(err, errRecord) {
-				t.Errorf("decodeEvent: %v, want errRecord", err)
+			if err := decodeEvent(tc.raw(), &ev); !errors.Is(err, ErrMalformedRecord) {
+				t.Errorf("decodeEvent: %v, want ErrMalformedRecord", err)
 			}
 		})
 	}
@@ -281,8 +281,8 @@ func FuzzDecodeEvent(f *testing.F) {
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		var ev event.Event
 		if err := decodeEvent(raw, &ev); err != nil {
-			if !errors.Is(err, errRecord) {
-				t.Fatalf("error %v does not wrap errRecord", err)
+			if !errors.Is(err, ErrMalformedRecord) {
+				t.Fatalf("error %v does not wrap ErrMalformedRecord", err)
 			}
 			return
 		}

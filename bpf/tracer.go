@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -150,15 +151,15 @@ func NewTracer(opts TracerOptions) (_ *Tracer, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("load tracer object: %w", err)
 	}
-	var knobs connectVariableSpecs
-	if err := spec.Assign(&knobs); err != nil {
-		return nil, fmt.Errorf("tracer knobs: %w", err)
+	var specs connectSpecs
+	if err := spec.Assign(&specs); err != nil {
+		return nil, fmt.Errorf("tracer object: %w", err)
 	}
-	spec.Maps["events"].MaxEntries = uint32(opts.RingBufferBytes)
-	if err := knobs.ExcludeTgid.Set(opts.ExcludeTGID); err != nil {
+	specs.Events.MaxEntries = uint32(opts.RingBufferBytes)
+	if err := specs.ExcludeTgid.Set(opts.ExcludeTGID); err != nil {
 		return nil, fmt.Errorf("set exclude_tgid: %w", err)
 	}
-	if err := knobs.WakeupBytes.Set(uint64(opts.WakeupBytes)); err != nil {
+	if err := specs.WakeupBytes.Set(uint64(opts.WakeupBytes)); err != nil {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
 	}
 
@@ -173,13 +174,10 @@ func NewTracer(opts TracerOptions) (_ *Tracer, err error) {
 		return nil, fmt.Errorf("load tracer maps: %w", err)
 	}
 	t.closers = append(t.closers, namedCloser{"maps", &t.maps})
-	shared := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
-		"events":       t.maps.Events,
-		"lost":         t.maps.Lost,
-		"connect_args": t.maps.ConnectArgs,
-		"socks":        t.maps.Socks,
-		"procs":        t.maps.Procs,
-	}}
+	shared, err := sharedMaps(spec, &t.maps)
+	if err != nil {
+		return nil, err
+	}
 
 	hook, refused, prog, l := chooseAttemptHook(spec, shared)
 	t.hooks = HookReport{Attempt: hook, Refused: refused}
@@ -190,7 +188,7 @@ func NewTracer(opts TracerOptions) (_ *Tracer, err error) {
 		t.progs = append(t.progs, prog)
 	}
 
-	if err := knobs.AttemptFromState.Set(hook == HookTracepoint); err != nil {
+	if err := specs.AttemptFromState.Set(hook == HookTracepoint); err != nil {
 		return nil, fmt.Errorf("set attempt_from_state: %w", err)
 	}
 	var tps tracepointSet
@@ -241,10 +239,29 @@ func NewTracer(opts TracerOptions) (_ *Tracer, err error) {
 	return t, nil
 }
 
+// sharedMaps returns load options that make every program set use the maps
+// already loaded into m. It fails if the object has a map m lacks, which a
+// program set would otherwise quietly create for itself.
+func sharedMaps(spec *ebpf.CollectionSpec, m *connectMaps) (*ebpf.CollectionOptions, error) {
+	loaded := map[string]*ebpf.Map{
+		"events":       m.Events,
+		"lost":         m.Lost,
+		"connect_args": m.ConnectArgs,
+		"socks":        m.Socks,
+		"procs":        m.Procs,
+	}
+	for name := range spec.Maps {
+		if _, ok := loaded[name]; !ok && !strings.HasPrefix(name, ".") {
+			return nil, fmt.Errorf("tracer map %s is not shared between program sets", name)
+		}
+	}
+	return &ebpf.CollectionOptions{MapReplacements: loaded}, nil
+}
+
 // Read blocks until the next event and decodes it into ev. It does not
 // allocate. After Close it returns an error satisfying errors.Is(err,
-// ErrClosed). A malformed record yields an error wrapping errRecord; the
-// caller may keep reading.
+// ErrClosed). A record it cannot decode yields an error wrapping
+// ErrMalformedRecord; the caller may keep reading.
 func (t *Tracer) Read(ev *event.Event) error {
 	for {
 		err := t.reader.ReadInto(&t.rec)
