@@ -1,0 +1,486 @@
+package bpf
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+	"golang.org/x/sys/unix"
+
+	"github.com/connwarden/connwarden/detector/event"
+	"github.com/connwarden/connwarden/internal/kerneltest"
+)
+
+// TCP states as the kernel numbers them (include/net/tcp_states.h).
+const (
+	tcpEstablished = 1
+	tcpSynSent     = 2
+	tcpClose       = 7
+)
+
+// TestTracerConnect makes this test's own connects, IPv4, IPv6 and v4-mapped
+// IPv6, to an open and to a closed loopback port, and checks every event the
+// tracer reports for them.
+func TestTracerConnect(t *testing.T) {
+	tr := newTestTracer(t, TracerOptions{})
+	c := collect(t, tr)
+	pid := uint32(os.Getpid())
+	uid := uint32(os.Getuid())
+	cgroup := selfCgroupID(t)
+
+	for _, tc := range []struct {
+		name   string
+		from   netip.Addr // the client socket's address and family
+		server netip.Addr // where the listener or closed port is
+		open   bool
+	}{
+		{"ipv4 open", loopback4, loopback4, true},
+		{"ipv4 closed", loopback4, loopback4, false},
+		{"ipv6 open", loopback6, loopback6, true},
+		{"ipv6 closed", loopback6, loopback6, false},
+		{"v4-mapped open", loopback4Mapped, loopback4, true},
+		{"v4-mapped closed", loopback4Mapped, loopback4, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var server netip.AddrPort
+			if tc.open {
+				server = listen(t, tc.server)
+			} else {
+				server = closedPort(t, tc.server)
+			}
+			dst := server
+			if tc.from.Is4In6() {
+				dst = netip.AddrPortFrom(loopback4Mapped, server.Port())
+			}
+			d := dial(t, tc.from, dst)
+			wantErr := error(nil)
+			result := int32(0)
+			if !tc.open {
+				wantErr = unix.ECONNREFUSED
+				result = -event.ECONNREFUSED
+			}
+			if !errors.Is(d.err, wantErr) && d.err != wantErr {
+				t.Fatalf("connect %s: %v, want %v", dst, d.err, wantErr)
+			}
+
+			proc := event.Event{
+				PID:       uint32(d.tid),
+				TGID:      pid,
+				UID:       uid,
+				Comm:      d.comm,
+				Direction: event.DirOutbound,
+			}
+			with := func(kind event.Kind, state uint8, res int32, local, remote netip.AddrPort) event.Event {
+				ev := proc
+				ev.Kind, ev.State, ev.Result, ev.Local, ev.Remote = kind, state, res, local, remote
+				return ev
+			}
+			want := []event.Event{
+				with(event.KindConnect, 0, result, netip.AddrPort{}, server),
+				with(event.KindTCPAttempt, tcpSynSent, 0, d.local, server),
+			}
+			if tc.open {
+				want = append(want,
+					with(event.KindTCPEstablished, tcpEstablished, 0, d.local, server),
+					event.Event{Kind: event.KindInboundAccept, Direction: event.DirInbound, State: tcpEstablished, Local: server, Remote: d.local},
+				)
+			} else {
+				want = append(want,
+					with(event.KindTCPClose, tcpClose, result, d.local, server),
+					event.Event{Kind: event.KindResetSent, Direction: event.DirInbound, Local: server, Remote: d.local},
+				)
+			}
+
+			for _, w := range want {
+				got := c.waitFor(t, w.Kind.String(), func(ev *event.Event) bool {
+					return ev.Kind == w.Kind && ev.Remote == w.Remote &&
+						(ev.Local == w.Local || w.Kind == event.KindConnect && ev.PID == w.PID)
+				})
+				if got.Timestamp < d.start || got.Timestamp > d.end {
+					t.Errorf("%s: timestamp %d outside the connect call [%d, %d]", w.Kind, got.Timestamp, d.start, d.end)
+				}
+				if w.Kind.HasProcess() {
+					if got.Cgroup == 0 || cgroup != 0 && got.Cgroup != cgroup {
+						t.Errorf("%s: cgroup %d, want %d (this process's cgroup v2 id)", w.Kind, got.Cgroup, cgroup)
+					}
+				} else if got.Cgroup != 0 {
+					t.Errorf("%s: cgroup %d, want 0 for a kind without process", w.Kind, got.Cgroup)
+				}
+				got.Timestamp, got.Cgroup = 0, 0
+				if diff := cmp.Diff(w, got, cmpopts.EquateComparable(netip.AddrPort{})); diff != "" {
+					t.Errorf("%s event (-want +got):\n%s", w.Kind, diff)
+				}
+			}
+		})
+	}
+}
+
+// TestTracerHooks checks that the tracer picks the best TCP attempt hook the
+// kernel accepts, reports why each better one was refused, and says so once in
+// the log. On a kernel without kprobes and trampolines (our CI machines) that
+// is the socket state tracepoint.
+func TestTracerHooks(t *testing.T) {
+	core, logs := observer.New(zapcore.InfoLevel)
+	tr := newTestTracer(t, TracerOptions{Logger: zap.New(core)})
+	r := tr.Hooks()
+
+	kprobes := tracefsHasKprobes()
+	if !kprobes && r.Attempt != HookTracepoint && r.Attempt != HookFentry {
+		t.Errorf("attempt hook %s on a kernel without kprobes", r.Attempt)
+	}
+	if !kprobes && r.Attempt == HookTracepoint {
+		t.Logf("tracepoint fallback chosen: %s", r)
+	}
+	// Every hook ranked above the chosen one is refused, in order, with a reason.
+	var wantRefused []AttemptHook
+	for _, h := range attemptHooks {
+		if h == r.Attempt {
+			break
+		}
+		wantRefused = append(wantRefused, h)
+	}
+	var gotRefused []AttemptHook
+	for _, ref := range r.Refused {
+		gotRefused = append(gotRefused, ref.Hook)
+		if ref.Err == nil {
+			t.Errorf("%s refused without a reason", ref.Hook)
+		}
+		if ref.Hook == HookKprobe && !kprobes && !errors.Is(ref.Err, os.ErrNotExist) {
+			t.Errorf("kprobe refusal %v, want os.ErrNotExist on a kernel without kprobes", ref.Err)
+		}
+	}
+	if diff := cmp.Diff(wantRefused, gotRefused); diff != "" {
+		t.Errorf("refused hooks (-want +got):\n%s", diff)
+	}
+
+	wantPrograms := []string{
+		"tracepoint/syscalls/sys_enter_connect",
+		"tracepoint/syscalls/sys_exit_connect",
+		"tracepoint/sock/inet_sock_set_state",
+		"tracepoint/tcp/tcp_send_reset",
+	}
+	if r.Attempt != HookTracepoint {
+		wantPrograms = append([]string{r.Attempt.String()}, wantPrograms...)
+	}
+	if diff := cmp.Diff(wantPrograms, r.Programs); diff != "" {
+		t.Errorf("attached programs (-want +got):\n%s", diff)
+	}
+
+	entries := logs.All()
+	if len(entries) != 1 {
+		t.Fatalf("%d log entries at start-up, want 1: %v", len(entries), entries)
+	}
+	fields := entries[0].ContextMap()
+	if got := fields["attempt_hook"]; got != r.Attempt.String() {
+		t.Errorf("logged attempt_hook %v, want %s", got, r.Attempt)
+	}
+	for _, ref := range r.Refused {
+		if _, ok := fields[ref.Hook.String()+" refused"]; !ok {
+			t.Errorf("log entry lacks the %s refusal: %v", ref.Hook, fields)
+		}
+	}
+}
+
+// TestTracerHooksThisKernel pins down what KERNEL.md measured on the project's
+// machines: no kprobes, no trampolines, so the tracepoint carries attempts.
+func TestTracerHooksThisKernel(t *testing.T) {
+	kerneltest.Require(t)
+	if tracefsHasKprobes() {
+		t.Skip("this kernel has kprobes; TestTracerHooks covers the choice")
+	}
+	tr := newTestTracer(t, TracerOptions{})
+	r := tr.Hooks()
+	if r.Attempt != HookTracepoint {
+		t.Fatalf("attempt hook %s, want %s: %s", r.Attempt, HookTracepoint, r)
+	}
+	if len(r.Refused) != 2 {
+		t.Fatalf("refusals %v, want kprobe and fentry", r.Refused)
+	}
+	if !errors.Is(r.Refused[0].Err, os.ErrNotExist) {
+		t.Errorf("kprobe refused with %v, want os.ErrNotExist", r.Refused[0].Err)
+	}
+	if !errors.Is(r.Refused[1].Err, syscall.EPERM) {
+		t.Logf("fentry refused with %v (EPERM on the measured machines)", r.Refused[1].Err)
+	}
+}
+
+// tracefsHasKprobes reports whether the kernel offers kprobes through either
+// interface the library uses: the kprobe PMU or tracefs kprobe_events.
+func tracefsHasKprobes() bool {
+	for _, p := range []string{
+		"/sys/bus/event_source/devices/kprobe/type",
+		"/sys/kernel/tracing/kprobe_events",
+		"/sys/kernel/debug/tracing/kprobe_events",
+	} {
+		if _, err := os.Stat(p); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// TestTracerLost fills a one-page ring buffer that nobody reads with a bounded
+// burst of connects and checks the kernel counts what did not fit.
+func TestTracerLost(t *testing.T) {
+	tr := newTestTracer(t, TracerOptions{
+		RingBufferBytes: os.Getpagesize(),
+		WakeupBytes:     1,
+		ReadTimeout:     time.Hour,
+	})
+	server := listen(t, loopback4)
+	// Each connect makes at least four records of 104 bytes; 200 of them are
+	// many times one page.
+	const n = 200
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; i < n && time.Now().Before(deadline); i++ {
+		d := dial(t, loopback4, server)
+		if d.err != nil {
+			t.Fatalf("connect %d: %v", i, d.err)
+		}
+	}
+	lost, err := tr.Lost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lost == 0 {
+		t.Errorf("Lost() = 0 after a burst of %d connects into a %d-byte ring", n, os.Getpagesize())
+	}
+	t.Logf("lost %d events", lost)
+}
+
+// TestTracerProcesses checks the per-process counters show this test's
+// attempts and failures.
+func TestTracerProcesses(t *testing.T) {
+	tr := newTestTracer(t, TracerOptions{})
+	c := collect(t, tr)
+	open := listen(t, loopback4)
+	closed := closedPort(t, loopback4)
+	const attempts, failures = 3, 2
+	var last dialed
+	for i := 0; i < attempts; i++ {
+		last = dial(t, loopback4, open)
+	}
+	for i := 0; i < failures; i++ {
+		last = dial(t, loopback4, closed)
+	}
+	// The last failure's outcome is counted before its event is written.
+	c.waitFor(t, "tcp_close", func(ev *event.Event) bool {
+		return ev.Kind == event.KindTCPClose && ev.Local == last.local
+	})
+
+	procs, err := tr.Processes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var self *ProcessStats
+	for i := range procs {
+		if procs[i].TGID == uint32(os.Getpid()) {
+			self = &procs[i]
+		}
+	}
+	if self == nil {
+		t.Fatalf("tgid %d not among %d processes", os.Getpid(), len(procs))
+	}
+	if self.Attempts != attempts+failures || self.Failures != failures {
+		t.Errorf("attempts %d, failures %d; want %d, %d", self.Attempts, self.Failures, attempts+failures, failures)
+	}
+	if self.LastSeen < last.start {
+		t.Errorf("last seen %d before the last connect started (%d)", self.LastSeen, last.start)
+	}
+	want := event.Event{Comm: last.comm}
+	if self.Comm != want.CommString() {
+		t.Errorf("comm %q, want %q", self.Comm, want.CommString())
+	}
+}
+
+// TestTracerExcludeTGID checks that the kernel drops this process's own
+// events when asked to, while still reporting the inbound side.
+func TestTracerExcludeTGID(t *testing.T) {
+	self := uint32(os.Getpid())
+	tr := newTestTracer(t, TracerOptions{ExcludeTGID: self})
+	c := collect(t, tr)
+	open := listen(t, loopback4)
+	closed := closedPort(t, loopback4)
+	dial(t, loopback4, open)
+	dial(t, loopback4, closed)
+	// Records are read in the order they were written. The accept of a later
+	// connection was written after every record of the earlier ones, so once
+	// it is read, nothing of those is still on its way.
+	marker := dial(t, loopback4, open)
+	c.waitFor(t, "inbound accept", func(ev *event.Event) bool {
+		return ev.Kind == event.KindInboundAccept && ev.Remote == marker.local
+	})
+	for _, ev := range c.all() {
+		if ev.TGID == self {
+			t.Errorf("event of the excluded process: %+v", ev)
+		}
+	}
+	procs, err := tr.Processes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range procs {
+		if p.TGID == self {
+			t.Errorf("excluded process counted: %+v", p)
+		}
+	}
+}
+
+// TestTracerClose checks that Close unblocks a pending Read and that every
+// accessor then reports ErrClosed.
+func TestTracerClose(t *testing.T) {
+	tr := newTestTracer(t, TracerOptions{ReadTimeout: 10 * time.Millisecond})
+	errc := make(chan error, 1)
+	go func() {
+		var ev event.Event
+		for {
+			if err := tr.Read(&ev); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	time.Sleep(50 * time.Millisecond) // let Read block, and poll a few times
+	if err := tr.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("Read after Close: %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Read still blocked 5s after Close")
+	}
+	var ev event.Event
+	if err := tr.Read(&ev); !errors.Is(err, ErrClosed) {
+		t.Errorf("second Read after Close: %v, want ErrClosed", err)
+	}
+	if _, err := tr.Lost(); !errors.Is(err, ErrClosed) {
+		t.Errorf("Lost after Close: %v, want ErrClosed", err)
+	}
+	if _, err := tr.Processes(); !errors.Is(err, ErrClosed) {
+		t.Errorf("Processes after Close: %v, want ErrClosed", err)
+	}
+	if err := tr.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
+
+// TestTracerOptions checks the option validation that needs no kernel.
+func TestTracerOptions(t *testing.T) {
+	page := os.Getpagesize()
+	for _, tc := range []struct {
+		name string
+		opts TracerOptions
+		ok   bool
+	}{
+		{"defaults", TracerOptions{}, true},
+		{"one page", TracerOptions{RingBufferBytes: page}, true},
+		{"not a power of two", TracerOptions{RingBufferBytes: 3 * page}, false},
+		{"below a page", TracerOptions{RingBufferBytes: page / 2}, false},
+		{"wakeup at ring size", TracerOptions{RingBufferBytes: page, WakeupBytes: page}, false},
+		{"negative wakeup", TracerOptions{WakeupBytes: -1}, false},
+		{"short timeout", TracerOptions{ReadTimeout: time.Microsecond}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o, err := tc.opts.withDefaults()
+			if (err == nil) != tc.ok {
+				t.Fatalf("withDefaults: %v, want ok=%v", err, tc.ok)
+			}
+			if err != nil {
+				return
+			}
+			if o.WakeupBytes <= 0 || o.WakeupBytes >= o.RingBufferBytes || o.ReadTimeout <= 0 || o.Logger == nil {
+				t.Errorf("defaults not applied: %+v", o)
+			}
+		})
+	}
+}
+
+// TestTracerReadAllocs checks that Read does not allocate per event: the
+// events of a burst of connects are already in the ring when the reads are
+// counted, and nothing else in the process runs meanwhile.
+func TestTracerReadAllocs(t *testing.T) {
+	tr := newTestTracer(t, TracerOptions{})
+	closed := closedPort(t, loopback4)
+	// Each refused connect writes four records (connect, attempt, close, reset).
+	const connects, reads = 100, 300
+	for range connects {
+		if d := dial(t, loopback4, closed); !errors.Is(d.err, unix.ECONNREFUSED) {
+			t.Fatalf("connect to closed port: %v", d.err)
+		}
+	}
+	var ev event.Event
+	var err error
+	allocs := testing.AllocsPerRun(reads, func() {
+		if e := tr.Read(&ev); e != nil && err == nil {
+			err = e
+		}
+	})
+	if err != nil {
+		t.Fatalf("Read: %v", err)
+	}
+	if allocs != 0 {
+		t.Errorf("Read allocates %v times per event, want 0", allocs)
+	}
+}
+
+// TestTracerConnectTimeout checks that a handshake that times out is reported
+// with -ETIMEDOUT, read from the socket's error in the kernel. The listener's
+// accept queue (backlog 0) is filled by a first connection, so the kernel
+// drops the second one's SYNs; TCP_SYNCNT 1 gives up after about 3s.
+func TestTracerConnectTimeout(t *testing.T) {
+	tr := newTestTracer(t, TracerOptions{})
+	c := collect(t, tr)
+	lfd, server := boundSocket(t, loopback4)
+	t.Cleanup(func() { unix.Close(lfd) })
+	if err := unix.Listen(lfd, 0); err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	if d := dial(t, loopback4, server); d.err != nil {
+		t.Fatalf("connect to fill the accept queue: %v", d.err)
+	}
+
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	fd, local := boundSocket(t, loopback4)
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_SYNCNT, 1); err != nil {
+		t.Fatalf("TCP_SYNCNT: %v", err)
+	}
+	tid := unix.Gettid()
+	start := monotonicNow(t)
+	err := unix.Connect(fd, sockaddr(server))
+	if !errors.Is(err, unix.ETIMEDOUT) {
+		t.Fatalf("connect to a full accept queue: %v, want ETIMEDOUT", err)
+	}
+
+	want := event.Event{
+		Kind: event.KindTCPClose, Direction: event.DirOutbound, State: tcpClose, Result: -event.ETIMEDOUT,
+		PID: uint32(tid), TGID: uint32(os.Getpid()), UID: uint32(os.Getuid()), Comm: threadComm(t, tid),
+		Local: local, Remote: server,
+	}
+	got := c.waitFor(t, "tcp_close", func(ev *event.Event) bool {
+		return ev.Kind == event.KindTCPClose && ev.Local == local
+	})
+	got.Timestamp, got.Cgroup = 0, 0
+	if diff := cmp.Diff(want, got, cmpopts.EquateComparable(netip.AddrPort{})); diff != "" {
+		t.Errorf("tcp_close (-want +got):\n%s", diff)
+	}
+	connect := c.waitFor(t, "connect", func(ev *event.Event) bool {
+		return ev.Kind == event.KindConnect && ev.PID == uint32(tid) && ev.Remote == server && ev.Timestamp >= start
+	})
+	if connect.Result != -event.ETIMEDOUT {
+		t.Errorf("connect result %d, want %d", connect.Result, -event.ETIMEDOUT)
+	}
+}
