@@ -137,6 +137,8 @@ type Blocklist struct {
 
 	xdp *ebpf.Program
 
+	created []*ebpf.Map // maps this Open created rather than adopted
+
 	// writeMu serialises writers of the block maps, so that GC cannot delete
 	// an entry that Block of this process has just refreshed.
 	writeMu sync.Mutex
@@ -178,6 +180,10 @@ func OpenBlocklist(opts BlocklistOptions) (_ *Blocklist, err error) {
 	}
 	defer func() {
 		if err != nil {
+			// Leave no half-made state behind: unpin what this call created.
+			for _, m := range b.created {
+				err = errors.Join(err, m.Unpin())
+			}
 			err = errors.Join(err, b.Close())
 		}
 	}()

@@ -157,6 +157,7 @@ func (b *Blocklist) openMap(ms *ebpf.MapSpec, anyCapacity bool) (*ebpf.Map, erro
 			m.Close()
 			return nil, fmt.Errorf("pin map %s: %w", ms.Name, err)
 		}
+		b.created = append(b.created, m)
 		b.log.Debug("created and pinned map", zap.String("path", path), zap.Uint32("max_entries", ms.MaxEntries))
 		return m, nil
 	default:
