@@ -6,9 +6,12 @@
 // blocklist*.go) writes them.
 //
 // Lookup order, cheapest first: the exact hash of the address family, then its
-// LPM trie of CIDR entries. The allowlist (an LPM trie per family) is consulted
-// only when a block matched, so a packet from an unlisted source costs one hash
-// miss and one trie miss. An allowlisted address is never dropped or refused,
+// LPM trie of CIDR entries, which is skipped when a per-/16 summary bitmap
+// (bl_slots) says no CIDR entry overlaps the address. The allowlist (an LPM
+// trie per family, with its own summary) is consulted only when a block
+// matched, so a packet from an unlisted source costs one hash miss and one
+// bit test, plus a trie miss when it shares a /16 with a CIDR entry. An
+// allowlisted address is never dropped or refused,
 // whatever the block maps hold.
 //
 // Verdict for frames the program cannot classify: they pass. Non-IP frames
@@ -43,10 +46,11 @@ enum bl_counter {
 
 // The value of every block map (exact and CIDR, both families).
 struct bl_value {
-	__u64 expires_ns; // bpf_ktime_get_ns (CLOCK_MONOTONIC) deadline; 0 = never
+	__u64 expires_ns; // CLOCK_MONOTONIC deadline in ns; 0 = never
 	__u64 hits;       // frames dropped and connects refused because of this entry
 	__u32 reason;     // origin code, see Reason in blocklist.go
-	__u8 prefixlen;   // prefix length of the entry's own key (32/128 in exact maps)
+	__u8 prefixlen;   // prefix length of the entry's own key (32/128 in exact
+	                  // maps); an LPM lookup does not say which entry matched
 	__u8 _pad[3];
 };
 
@@ -65,10 +69,10 @@ struct bl_lpm_v6_key {
 	__u8 addr[16];
 };
 
-// The value of the allowlist tries: no payload yet, but sized so that fields
-// can be added later without a new map type.
+// The value of the allowlist tries.
 struct bl_allow_value {
-	__u32 flags; // reserved, 0
+	__u8 prefixlen; // prefix length of the entry's own key
+	__u8 _pad[3];
 };
 
 // Map capacities are set from user space (MapSpec.MaxEntries) before load;
@@ -138,16 +142,53 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } bl_allow_v6 SEC(".maps");
 
+// Slot summaries: one bit per /16 of the address space (IPv4: the first two
+// octets; IPv6: the first 16 bits), set when an entry of the matching trie
+// overlaps that /16. A clear bit lets a packet skip the trie: on a kernel
+// where every call and return is costly (retpolines, SRSO safe-RET), the
+// trie lookup is most of the price of a miss. A set bit with no entry only
+// costs the lookup; user space never lets a bit be clear while an entry
+// overlaps it (bits are set before an insert, cleared after a delete).
+#define BL_SLOT_WORDS 1024 // 65536 bits
+
+struct bl_slot_bits {
+	__u64 words[BL_SLOT_WORDS];
+};
+
+enum bl_slot_set {
+	BL_SLOTS_CIDR_V4 = 0,
+	BL_SLOTS_CIDR_V6 = 1,
+	BL_SLOTS_ALLOW_V4 = 2,
+	BL_SLOTS_ALLOW_V6 = 3,
+	BL_SLOTS_MAX = 4,
+};
+
+// bl_slots: key = enum bl_slot_set, value = bl_slots bitmap of the trie it
+// names. Written whole by user space after every change to that trie (Block,
+// BlockBatch, Unblock, GC, Allow, Disallow, and rebuilt at open); read by
+// xdp_blocklist, connect4 and connect6 before any trie lookup. Never deleted.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32); // enum bl_slot_set: array keys must be plain integers
+	__type(value, struct bl_slot_bits);
+	__uint(max_entries, BL_SLOTS_MAX);
+} bl_slots SEC(".maps");
+
 // bl_counters: key = enum bl_counter, value = per-CPU __u64. Incremented by
 // xdp_blocklist (every frame: PASS or DROP plus at most one cause) and by
 // connect4/connect6 (EGRESS_REFUSED); read and summed by user space (Stats);
 // never deleted (array).
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__type(key, enum bl_counter);
+	__type(key, __u32); // enum bl_counter
 	__type(value, __u64);
 	__uint(max_entries, BL_CNT_MAX);
 } bl_counters SEC(".maps");
+
+// Never set or read: they only bring the two enums into BTF, so that bpf2go
+// generates them for user space (array map keys cannot carry enum types).
+const enum bl_counter *_bl_counter __attribute__((unused));
+const enum bl_slot_set *_bl_slot_set __attribute__((unused));
 
 // How far an XDP or connect lookup may step from an expired CIDR entry to the
 // next shorter prefix covering the same address, before giving up and passing.
@@ -163,18 +204,36 @@ enum bl_verdict {
 
 static __always_inline void count(enum bl_counter idx)
 {
-	__u64 *c = bpf_map_lookup_elem(&bl_counters, &idx);
+	__u32 key = idx;
+	__u64 *c = bpf_map_lookup_elem(&bl_counters, &key);
 
 	if (c)
 		*c += 1; // per-CPU slot: no atomic needed
 }
 
+// slot_set reports whether the /16 slot (0..65535) may hold entries of the
+// trie behind set. The array lookup is inlined by the verifier: no call.
+static __always_inline int slot_set(enum bl_slot_set set, __u32 slot)
+{
+	__u32 key = set;
+	struct bl_slot_bits *s = bpf_map_lookup_elem(&bl_slots, &key);
+
+	if (!s)
+		return 1; // cannot happen for an array; fail towards the trie
+	return (s->words[(slot >> 6) & (BL_SLOT_WORDS - 1)] >> (slot & 63)) & 1;
+}
+
+// live reports whether an entry has not expired. The clock is read at most
+// once per packet, and only for entries with a deadline. It is the coarse
+// CLOCK_MONOTONIC (tick resolution) rather than bpf_ktime_get_ns: same time
+// base, cheaper to read, and an entry outliving its deadline by up to one
+// tick does not matter for TTLs of seconds and more.
 static __always_inline int live(const struct bl_value *v, __u64 *now)
 {
 	if (v->expires_ns == 0)
 		return 1;
 	if (*now == 0)
-		*now = bpf_ktime_get_ns();
+		*now = bpf_ktime_get_coarse_ns();
 	return *now < v->expires_ns;
 }
 
@@ -219,6 +278,7 @@ static __always_inline struct bl_value *cidr_v6(struct bl_lpm_v6_key *key, __u64
 static __always_inline enum bl_verdict check_v4(__u32 addr)
 {
 	enum bl_verdict verdict = BL_HIT_EXACT;
+	__u32 slot = bpf_ntohl(addr) >> 16;
 	struct bl_lpm_v4_key key;
 	struct bl_value *v;
 	int expired = 0;
@@ -231,6 +291,8 @@ static __always_inline enum bl_verdict check_v4(__u32 addr)
 		expired = 1;
 	}
 
+	if (!slot_set(BL_SLOTS_CIDR_V4, slot))
+		return expired ? BL_EXPIRED : BL_MISS;
 	key.prefixlen = 32;
 	__builtin_memcpy(key.addr, &addr, sizeof(addr));
 	v = cidr_v4(&key, &now, &expired);
@@ -241,7 +303,7 @@ static __always_inline enum bl_verdict check_v4(__u32 addr)
 matched:
 	key.prefixlen = 32;
 	__builtin_memcpy(key.addr, &addr, sizeof(addr));
-	if (bpf_map_lookup_elem(&bl_allow_v4, &key))
+	if (slot_set(BL_SLOTS_ALLOW_V4, slot) && bpf_map_lookup_elem(&bl_allow_v4, &key))
 		return BL_ALLOWLISTED;
 	__sync_fetch_and_add(&v->hits, 1);
 	return verdict;
@@ -250,6 +312,7 @@ matched:
 static __always_inline enum bl_verdict check_v6(const __u8 *addr)
 {
 	enum bl_verdict verdict = BL_HIT_EXACT;
+	__u32 slot = (__u32)addr[0] << 8 | addr[1];
 	struct bl_lpm_v6_key key;
 	struct bl_v6_addr exact;
 	struct bl_value *v;
@@ -264,6 +327,8 @@ static __always_inline enum bl_verdict check_v6(const __u8 *addr)
 		expired = 1;
 	}
 
+	if (!slot_set(BL_SLOTS_CIDR_V6, slot))
+		return expired ? BL_EXPIRED : BL_MISS;
 	key.prefixlen = 128;
 	__builtin_memcpy(key.addr, addr, sizeof(key.addr));
 	v = cidr_v6(&key, &now, &expired);
@@ -274,7 +339,7 @@ static __always_inline enum bl_verdict check_v6(const __u8 *addr)
 matched:
 	key.prefixlen = 128;
 	__builtin_memcpy(key.addr, addr, sizeof(key.addr));
-	if (bpf_map_lookup_elem(&bl_allow_v6, &key))
+	if (slot_set(BL_SLOTS_ALLOW_V6, slot) && bpf_map_lookup_elem(&bl_allow_v6, &key))
 		return BL_ALLOWLISTED;
 	__sync_fetch_and_add(&v->hits, 1);
 	return verdict;

@@ -133,15 +133,18 @@ type Blocklist struct {
 	exactV4, exactV6 *ebpf.Map
 	cidrV4, cidrV6   *ebpf.Map
 	allowV4, allowV6 *ebpf.Map
+	slots            *ebpf.Map
 	counters         *ebpf.Map
 
 	xdp *ebpf.Program
 
 	created []*ebpf.Map // maps this Open created rather than adopted
 
-	// writeMu serialises writers of the block maps, so that GC cannot delete
-	// an entry that Block of this process has just refreshed.
-	writeMu sync.Mutex
+	// writeMu serialises writers of the maps, so that GC cannot delete an
+	// entry that Block of this process has just refreshed, and guards
+	// slotCounts.
+	writeMu    sync.Mutex
+	slotCounts [blocklistBlSlotSetBL_SLOTS_MAX][]uint32
 
 	mu       sync.Mutex // guards everything below
 	closed   bool
@@ -194,6 +197,11 @@ func OpenBlocklist(opts BlocklistOptions) (_ *Blocklist, err error) {
 	if err := b.openMaps(opts); err != nil {
 		return nil, fmt.Errorf("open blocklist: %w", err)
 	}
+	// Before any program of this build runs: the summaries must cover
+	// every trie entry, including those written while no agent ran.
+	if err := b.rebuildSlots(); err != nil {
+		return nil, fmt.Errorf("open blocklist: %w", err)
+	}
 
 	var objs struct {
 		XDP *ebpf.Program `ebpf:"xdp_blocklist"`
@@ -217,8 +225,14 @@ func (b *Blocklist) mapsByName() map[string]*ebpf.Map {
 		blocklistMapBlCidrV6:   b.cidrV6,
 		blocklistMapBlAllowV4:  b.allowV4,
 		blocklistMapBlAllowV6:  b.allowV6,
+		blocklistMapBlSlots:    b.slots,
 		blocklistMapBlCounters: b.counters,
 	}
+}
+
+// maps returns the maps in the order they are opened; nil until opened.
+func (b *Blocklist) maps() []*ebpf.Map {
+	return []*ebpf.Map{b.exactV4, b.exactV6, b.cidrV4, b.cidrV6, b.allowV4, b.allowV6, b.slots, b.counters}
 }
 
 // PinDir returns the directory holding the blocklist's pins.
@@ -248,9 +262,10 @@ func (b *Blocklist) Close() error {
 			errs = append(errs, p.Close())
 		}
 	}
-	for _, m := range []*ebpf.Map{b.counters, b.allowV6, b.allowV4, b.cidrV6, b.cidrV4, b.exactV6, b.exactV4} {
-		if m != nil {
-			errs = append(errs, m.Close())
+	maps := b.maps()
+	for i := len(maps) - 1; i >= 0; i-- {
+		if maps[i] != nil {
+			errs = append(errs, maps[i].Close())
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -277,7 +292,7 @@ func (b *Blocklist) Remove() error {
 		errs = append(errs, a.link.Unpin(), a.link.Close())
 		delete(b.links, name)
 	}
-	for _, m := range []*ebpf.Map{b.counters, b.allowV6, b.allowV4, b.cidrV6, b.cidrV4, b.exactV6, b.exactV4} {
+	for _, m := range b.maps() {
 		if m != nil {
 			errs = append(errs, m.Unpin())
 		}

@@ -14,8 +14,9 @@ import (
 )
 
 type blocklistBlAllowValue struct {
-	_     structs.HostLayout
-	Flags uint32
+	_         structs.HostLayout
+	Prefixlen uint8
+	Pad       [3]uint8
 }
 
 type blocklistBlCounter uint32
@@ -45,6 +46,21 @@ type blocklistBlLpmV6Key struct {
 	Addr      [16]uint8
 }
 
+type blocklistBlSlotBits struct {
+	_     structs.HostLayout
+	Words [1024]uint64
+}
+
+type blocklistBlSlotSet uint32
+
+const (
+	blocklistBlSlotSetBL_SLOTS_CIDR_V4  blocklistBlSlotSet = 0
+	blocklistBlSlotSetBL_SLOTS_CIDR_V6  blocklistBlSlotSet = 1
+	blocklistBlSlotSetBL_SLOTS_ALLOW_V4 blocklistBlSlotSet = 2
+	blocklistBlSlotSetBL_SLOTS_ALLOW_V6 blocklistBlSlotSet = 3
+	blocklistBlSlotSetBL_SLOTS_MAX      blocklistBlSlotSet = 4
+)
+
 type blocklistBlV6Addr struct {
 	_    structs.HostLayout
 	Addr [16]uint8
@@ -70,10 +86,13 @@ const (
 	blocklistMapBlCounters    = "bl_counters"
 	blocklistMapBlExactV4     = "bl_exact_v4"
 	blocklistMapBlExactV6     = "bl_exact_v6"
+	blocklistMapBlSlots       = "bl_slots"
 	blocklistProgConnect4     = "connect4"
 	blocklistProgConnect6     = "connect6"
 	blocklistProgXdpBaseline  = "xdp_baseline"
 	blocklistProgXdpBlocklist = "xdp_blocklist"
+	blocklistVarBlCounter     = "_bl_counter"
+	blocklistVarBlSlotSet     = "_bl_slot_set"
 )
 
 // loadBlocklist returns the embedded CollectionSpec for blocklist.
@@ -135,12 +154,15 @@ type blocklistMapSpecs struct {
 	BlCounters *ebpf.MapSpec `ebpf:"bl_counters"`
 	BlExactV4  *ebpf.MapSpec `ebpf:"bl_exact_v4"`
 	BlExactV6  *ebpf.MapSpec `ebpf:"bl_exact_v6"`
+	BlSlots    *ebpf.MapSpec `ebpf:"bl_slots"`
 }
 
 // blocklistVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type blocklistVariableSpecs struct {
+	BlCounter *ebpf.VariableSpec `ebpf:"_bl_counter"`
+	BlSlotSet *ebpf.VariableSpec `ebpf:"_bl_slot_set"`
 }
 
 // blocklistObjects contains all objects after they have been loaded into the kernel.
@@ -170,6 +192,7 @@ type blocklistMaps struct {
 	BlCounters *ebpf.Map `ebpf:"bl_counters"`
 	BlExactV4  *ebpf.Map `ebpf:"bl_exact_v4"`
 	BlExactV6  *ebpf.Map `ebpf:"bl_exact_v6"`
+	BlSlots    *ebpf.Map `ebpf:"bl_slots"`
 }
 
 func (m *blocklistMaps) Close() error {
@@ -181,6 +204,7 @@ func (m *blocklistMaps) Close() error {
 		m.BlCounters,
 		m.BlExactV4,
 		m.BlExactV6,
+		m.BlSlots,
 	)
 }
 
@@ -188,6 +212,8 @@ func (m *blocklistMaps) Close() error {
 //
 // It can be passed to loadBlocklistObjects or ebpf.CollectionSpec.LoadAndAssign.
 type blocklistVariables struct {
+	BlCounter *ebpf.Variable `ebpf:"_bl_counter"`
+	BlSlotSet *ebpf.Variable `ebpf:"_bl_slot_set"`
 }
 
 // blocklistPrograms contains all programs after they have been loaded into the kernel.

@@ -8,7 +8,8 @@ import (
 )
 
 // clockPair is one reading of the wall clock and of CLOCK_MONOTONIC, the
-// clock of bpf_ktime_get_ns that expiries are stored in. Monotonic deadlines
+// clock expiries are stored in (bpf_ktime_get_ns and, at tick resolution,
+// bpf_ktime_get_coarse_ns read it in the kernel). Monotonic deadlines
 // survive wall clock steps; converting them to wall time for display uses the
 // offset between the two clocks at the time of the reading.
 type clockPair struct {

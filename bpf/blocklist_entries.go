@@ -106,16 +106,24 @@ func (b *Blocklist) Block(p netip.Prefix, ttl time.Duration, reason Reason) erro
 
 	b.writeMu.Lock()
 	defer b.writeMu.Unlock()
-	if err := m.Update(key, &val, ebpf.UpdateAny); err != nil {
+	if isCIDR(np) {
+		err = b.trieInsert(m, cidrSlots(np), np, key, &val)
+	} else {
+		err = m.Update(key, &val, ebpf.UpdateAny)
+	}
+	if err != nil {
 		return fmt.Errorf("block %s: %w", np, mapFull(err))
 	}
 	return nil
 }
 
+// isCIDR reports whether normalised p lives in a trie rather than a hash.
+func isCIDR(p netip.Prefix) bool { return p.Bits() < p.Addr().BitLen() }
+
 // BlockBatch adds or replaces many entries, with one BatchUpdate per map and
 // chunk where the kernel supports it. All entries are validated before any
 // is written; on a write error it returns how many were written.
-func (b *Blocklist) BlockBatch(entries []BlockEntry) (int, error) {
+func (b *Blocklist) BlockBatch(entries []BlockEntry) (_ int, err error) {
 	clk, err := readClock()
 	if err != nil {
 		return 0, fmt.Errorf("block batch: %w", err)
@@ -125,6 +133,7 @@ func (b *Blocklist) BlockBatch(entries []BlockEntry) (int, error) {
 		exact6 batch[blocklistBlV6Addr]
 		cidr4  batch[blocklistBlLpmV4Key]
 		cidr6  batch[blocklistBlLpmV6Key]
+		cidrs  []netip.Prefix
 	)
 	for i, e := range entries {
 		p, err := normalise(e.Prefix)
@@ -135,6 +144,9 @@ func (b *Blocklist) BlockBatch(entries []BlockEntry) (int, error) {
 			return 0, fmt.Errorf("block batch: entry %d (%s): negative ttl %s: %w", i, p, e.TTL, ErrInvalidPrefix)
 		}
 		v := blockValue(p, e.TTL, e.Reason, clk)
+		if isCIDR(p) {
+			cidrs = append(cidrs, p)
+		}
 		switch key := keyOf(b, p).(type) {
 		case [4]byte:
 			exact4.add(key, v)
@@ -149,6 +161,26 @@ func (b *Blocklist) BlockBatch(entries []BlockEntry) (int, error) {
 
 	b.writeMu.Lock()
 	defer b.writeMu.Unlock()
+	if len(cidrs) > 0 {
+		// Raise the summaries for every CIDR entry before writing any,
+		// then recount them from the tries whatever happens.
+		for _, p := range cidrs {
+			b.slotAdd(cidrSlots(p), p, 1)
+		}
+		sets := []blocklistBlSlotSet{blocklistBlSlotSetBL_SLOTS_CIDR_V4, blocklistBlSlotSetBL_SLOTS_CIDR_V6}
+		defer func() {
+			for _, set := range sets {
+				if rerr := b.rebuildSlotSet(set); rerr != nil {
+					err = errors.Join(err, fmt.Errorf("block batch: %w", rerr))
+				}
+			}
+		}()
+		for _, set := range sets {
+			if err := b.flushSlots(set); err != nil {
+				return 0, fmt.Errorf("block batch: %w", err)
+			}
+		}
+	}
 	total := 0
 	for _, w := range []func() (int, error){
 		func() (int, error) { return exact4.write(b.exactV4) },
@@ -215,7 +247,12 @@ func (b *Blocklist) Unblock(p netip.Prefix) error {
 	m, key := b.locate(np)
 	b.writeMu.Lock()
 	defer b.writeMu.Unlock()
-	if err := m.Delete(key); err != nil {
+	if isCIDR(np) {
+		err = b.trieDelete(m, cidrSlots(np), np, key)
+	} else {
+		err = m.Delete(key)
+	}
+	if err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("unblock %s: %w", np, ErrNotBlocked)
 		}
@@ -317,12 +354,12 @@ func (b *Blocklist) walk(fn func(netip.Prefix, *blocklistBlValue) bool) error {
 		return err
 	}
 	if err := iterate(b.cidrV4, func(k blocklistBlLpmV4Key, v *blocklistBlValue) bool {
-		return fn(netip.PrefixFrom(netip.AddrFrom4(k.Addr), int(k.Prefixlen)), v)
+		return fn(v4KeyPrefix(k), v)
 	}); err != nil {
 		return err
 	}
 	return iterate(b.cidrV6, func(k blocklistBlLpmV6Key, v *blocklistBlValue) bool {
-		return fn(netip.PrefixFrom(netip.AddrFrom16(k.Addr), int(k.Prefixlen)), v)
+		return fn(v6KeyPrefix(k), v)
 	})
 }
 
@@ -346,7 +383,7 @@ func iterate[K, V any](m *ebpf.Map, fn func(K, *V) bool) error {
 // GC deletes expired entries and returns how many it deleted. The kernel
 // already ignores them; GC frees their room and lets a shorter live CIDR
 // entry take over without the bounded step-over.
-func (b *Blocklist) GC() (int, error) {
+func (b *Blocklist) GC() (_ int, err error) {
 	b.writeMu.Lock()
 	defer b.writeMu.Unlock()
 	clk, err := readClock()
@@ -363,10 +400,25 @@ func (b *Blocklist) GC() (int, error) {
 		return 0, fmt.Errorf("gc: %w", err)
 	}
 	n := 0
+	dirty := map[blocklistBlSlotSet]bool{}
+	defer func() {
+		for set := range dirty {
+			if ferr := b.flushSlots(set); ferr != nil {
+				err = errors.Join(err, fmt.Errorf("gc: %w", ferr))
+			}
+		}
+	}()
 	for _, p := range dead {
 		m, key := b.locate(p)
-		if err := m.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := m.Delete(key); err != nil {
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				continue
+			}
 			return n, fmt.Errorf("gc: delete %s: %w", p, err)
+		}
+		if isCIDR(p) {
+			b.slotAdd(cidrSlots(p), p, -1)
+			dirty[cidrSlots(p)] = true
 		}
 		n++
 	}
@@ -400,7 +452,9 @@ func (b *Blocklist) Allow(p netip.Prefix) error {
 		return fmt.Errorf("allow: %w", err)
 	}
 	m, key := b.allowKey(np)
-	if err := m.Update(key, &blocklistBlAllowValue{}, ebpf.UpdateAny); err != nil {
+	b.writeMu.Lock()
+	defer b.writeMu.Unlock()
+	if err := b.trieInsert(m, allowSlots(np), np, key, &blocklistBlAllowValue{Prefixlen: uint8(np.Bits())}); err != nil {
 		return fmt.Errorf("allow %s: %w", np, mapFull(err))
 	}
 	return nil
@@ -413,7 +467,9 @@ func (b *Blocklist) Disallow(p netip.Prefix) error {
 		return fmt.Errorf("disallow: %w", err)
 	}
 	m, key := b.allowKey(np)
-	if err := m.Delete(key); err != nil {
+	b.writeMu.Lock()
+	defer b.writeMu.Unlock()
+	if err := b.trieDelete(m, allowSlots(np), np, key); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("disallow %s: %w", np, ErrNotAllowed)
 		}
@@ -433,13 +489,13 @@ func (b *Blocklist) allowKey(p netip.Prefix) (*ebpf.Map, any) {
 func (b *Blocklist) Allowed() ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	if err := iterate(b.allowV4, func(k blocklistBlLpmV4Key, _ *blocklistBlAllowValue) bool {
-		out = append(out, netip.PrefixFrom(netip.AddrFrom4(k.Addr), int(k.Prefixlen)))
+		out = append(out, v4KeyPrefix(k))
 		return true
 	}); err != nil {
 		return nil, fmt.Errorf("allowed: %w", err)
 	}
 	if err := iterate(b.allowV6, func(k blocklistBlLpmV6Key, _ *blocklistBlAllowValue) bool {
-		out = append(out, netip.PrefixFrom(netip.AddrFrom16(k.Addr), int(k.Prefixlen)))
+		out = append(out, v6KeyPrefix(k))
 		return true
 	}); err != nil {
 		return nil, fmt.Errorf("allowed: %w", err)

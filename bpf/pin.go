@@ -19,6 +19,7 @@ import (
 //	maps/bl_cidr_v6     IPv6 CIDR entries (LPM trie)
 //	maps/bl_allow_v4    IPv4 allowlist (LPM trie)
 //	maps/bl_allow_v6    IPv6 allowlist (LPM trie)
+//	maps/bl_slots       per-/16 summaries of the four tries (array)
 //	maps/bl_counters    per-CPU counters
 //	links/xdp-<ifname>  XDP link on interface <ifname>
 //	links/egress4-<id>  cgroup connect4 link on the cgroup with id <id>
@@ -106,6 +107,7 @@ func (b *Blocklist) openMaps(opts BlocklistOptions) error {
 		{blocklistMapBlCidrV6, &b.cidrV6},
 		{blocklistMapBlAllowV4, &b.allowV4},
 		{blocklistMapBlAllowV6, &b.allowV6},
+		{blocklistMapBlSlots, &b.slots},
 		{blocklistMapBlCounters, &b.counters},
 	}
 	for _, t := range targets {

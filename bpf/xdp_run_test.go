@@ -51,7 +51,9 @@ func TestXDPRun(t *testing.T) {
 			t.Fatalf("allow %s: %v", s, err)
 		}
 	}
-	time.Sleep(time.Millisecond) // let the 1ns TTLs pass
+	// Past the 1ns TTLs by more than a tick: the program reads the coarse
+	// monotonic clock.
+	time.Sleep(30 * time.Millisecond)
 
 	vlan := func(inner []byte) []byte {
 		f := ethernet(etherTypeVLAN)
