@@ -25,8 +25,6 @@ var (
 	ErrIncompatiblePin = errors.New("pinned object incompatible with this build")
 	// ErrNotAttached: Detach of an interface the blocklist is not attached to.
 	ErrNotAttached = errors.New("not attached")
-	// ErrClosed: the Blocklist was closed or removed.
-	ErrClosed = errors.New("blocklist closed")
 )
 
 // DefaultPinDir is where the blocklist pins its maps and links unless

@@ -27,8 +27,10 @@ const (
 	DefaultReadTimeout     = 50 * time.Millisecond
 )
 
-// ErrClosed is returned by Read, Lost and Processes once the tracer is closed.
-var ErrClosed = errors.New("tracer closed")
+// ErrClosed is returned by a Tracer's Read, Lost and Processes once it is
+// closed, and by a Blocklist's methods once it is closed or removed; each
+// wraps it with what was attempted.
+var ErrClosed = errors.New("closed")
 
 // TracerOptions configures NewTracer. The zero value is usable.
 type TracerOptions struct {
