@@ -107,7 +107,7 @@ func (e *Engine) build(set *rules.Set) (*ruleSet, error) {
 		default:
 			return nil, fmt.Errorf("detector: rule %q: unsupported detection %s", r.Name, r.Detection.Type)
 		}
-		st.tbl = newTable(rs.maxKeys)
+		st.tbl = newTable(rs.maxKeys, st.by)
 		rs.all = append(rs.all, st)
 		for _, k := range r.Filter.Kinds() {
 			rs.byKind[k] = append(rs.byKind[k], st)

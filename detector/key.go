@@ -1,6 +1,7 @@
 package detector
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -23,6 +24,37 @@ type groupKey struct {
 	uid    uint32
 	rport  uint16
 	lport  uint16
+}
+
+// hash mixes the fields that by uses into 64 bits: a few seeded
+// multiply-xorshift rounds instead of the runtime's hash of all 64 bytes.
+func (k *groupKey) hash(by rules.KeyFields, seed uint64) uint64 {
+	h := mix(seed ^ uint64(k.pid) ^ uint64(k.tgid)<<32)
+	if by&(rules.KeyRemoteIP|rules.KeyRemoteNet) != 0 {
+		h = mix(h ^ binary.LittleEndian.Uint64(k.addr[:8]))
+		h = mix(h ^ binary.LittleEndian.Uint64(k.addr[8:]))
+	}
+	if by&rules.KeyComm != 0 {
+		h = mix(h ^ binary.LittleEndian.Uint64(k.comm[:8]))
+		h = mix(h ^ binary.LittleEndian.Uint64(k.comm[8:]))
+	}
+	if by&rules.KeyCgroup != 0 {
+		h = mix(h ^ k.cgroup)
+	}
+	if by&(rules.KeyUID|rules.KeyRemotePort|rules.KeyLocalPort) != 0 {
+		h = mix(h ^ uint64(k.uid) ^ uint64(k.rport)<<32 ^ uint64(k.lport)<<48)
+	}
+	return h
+}
+
+// mix is a 64-bit finaliser (the murmur3 fmix64 constants).
+func mix(x uint64) uint64 {
+	x ^= x >> 33
+	x *= 0xff51afd7ed558ccd
+	x ^= x >> 33
+	x *= 0xc4ceb9fe1a85ec53
+	x ^= x >> 33
+	return x
 }
 
 func makeKey(by rules.KeyFields, ev *event.Event) groupKey {

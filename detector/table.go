@@ -1,5 +1,11 @@
 package detector
 
+import (
+	"math/rand/v2"
+
+	"github.com/connwarden/connwarden/rules"
+)
+
 // table is one rule's bounded key index: a Go map from key to a slot number,
 // plus a doubly linked recency list threaded through slot-indexed slices.
 // Per-key detection state lives in the detection's own slot-indexed slices,
@@ -14,7 +20,9 @@ package detector
 // Slots are reused after eviction or expiry; once the table has grown to its
 // working size, get allocates nothing.
 type table struct {
-	idx        map[groupKey]int32
+	idx        map[uint64]int32 // key hash -> slot; keys[slot] holds the key itself
+	seed       uint64
+	by         rules.KeyFields // the fields keys use, so hashing skips the rest
 	keys       []groupKey
 	last       []uint64 // last event time per slot
 	prev, next []int32  // recency list; newest at head
@@ -28,8 +36,8 @@ type table struct {
 
 const nilSlot = -1
 
-func newTable(max int) *table {
-	return &table{idx: make(map[groupKey]int32), head: nilSlot, tail: nilSlot, max: max}
+func newTable(max int, by rules.KeyFields) *table {
+	return &table{idx: make(map[uint64]int32), seed: rand.Uint64() | 1, by: by, head: nilSlot, tail: nilSlot, max: max}
 }
 
 func (t *table) len() int { return len(t.idx) }
@@ -37,14 +45,27 @@ func (t *table) len() int { return len(t.idx) }
 // get returns k's slot, inserting it when absent (fresh reports that, and
 // the caller must reset the slot's detection state). It marks the slot as
 // most recently used at time now.
+//
+// The map is keyed by a 64-bit seeded hash of the key rather than by the
+// 64-byte key: hashing and comparing the full struct dominated the hot path.
+// The slot keeps the full key, so a hash collision is detected, and the
+// older key gives way (its state is reset, as if evicted): with a random
+// seed per table that costs one key's state with probability about
+// keys/2^64, and an attacker cannot aim for it.
 func (t *table) get(k groupKey, now uint64) (slot int32, fresh bool) {
-	if s, ok := t.idx[k]; ok {
+	h := k.hash(t.by, t.seed)
+	if s, ok := t.idx[h]; ok {
 		t.last[s] = now
 		if t.head != s {
 			t.unlink(s)
 			t.pushHead(s)
 		}
-		return s, false
+		if t.keys[s] == k {
+			return s, false
+		}
+		t.keys[s] = k // collision: the slot now belongs to k
+		t.evictions++
+		return s, true
 	}
 	switch {
 	case len(t.free) > 0:
@@ -59,12 +80,12 @@ func (t *table) get(k groupKey, now uint64) (slot int32, fresh bool) {
 	default:
 		slot = t.tail
 		t.unlink(slot)
-		delete(t.idx, t.keys[slot])
+		delete(t.idx, t.keys[slot].hash(t.by, t.seed))
 		t.evictions++
 	}
 	t.keys[slot] = k
 	t.last[slot] = now
-	t.idx[k] = slot
+	t.idx[h] = slot
 	t.pushHead(slot)
 	return slot, true
 }
@@ -83,7 +104,7 @@ func (t *table) expire(now, idle uint64, limit int) {
 
 func (t *table) remove(s int32) {
 	t.unlink(s)
-	delete(t.idx, t.keys[s])
+	delete(t.idx, t.keys[s].hash(t.by, t.seed))
 	t.free = append(t.free, s)
 }
 

@@ -207,7 +207,10 @@ func Compile(srcs ...Source) (*Set, error) {
 	for _, f := range files {
 		c.file, c.ruleName = f.name, ""
 		if e, ok := f.top["allowlist"]; ok {
-			allow = append(allow, c.prefixes(e.val, "allowlist").Prefixes()...)
+			// An empty allowlist is a valid way to say "nothing".
+			if v := resolve(e.val); v.Kind != yaml.SequenceNode || len(v.Content) > 0 {
+				allow = append(allow, c.prefixes(e.val, "allowlist").Prefixes()...)
+			}
 		}
 		e, ok := f.top["rules"]
 		if !ok {
