@@ -94,6 +94,9 @@ func (f *Filter) Kinds() []event.Kind {
 	return out
 }
 
+// admits reports whether the filter's kind field lets events of kind k in.
+func (f *Filter) admits(k event.Kind) bool { return f.kinds == 0 || f.kinds&(1<<k) != 0 }
+
 // String is a canonical rendering of the compiled filter, with list
 // references resolved: two filters with equal strings match the same events.
 func (f *Filter) String() string { return f.canon }

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -55,6 +56,17 @@ type Settings struct {
 	// MaxKeysPerRule bounds each rule's tracked keys (least recently used
 	// keys are evicted first).
 	MaxKeysPerRule int
+	// Graph bounds the flow graph the engine keeps for export (`connwarden
+	// graph`). Detections do not need it; they keep their own state.
+	Graph GraphSettings
+}
+
+// GraphSettings configure the exported flow graph.
+type GraphSettings struct {
+	Enabled  bool
+	MaxNodes int
+	MaxEdges int
+	MaxAge   time.Duration
 }
 
 // DefaultSettings are used for anything a settings: section leaves out.
@@ -63,6 +75,7 @@ var DefaultSettings = Settings{
 	BlockBurst:      20,
 	MaxActiveBlocks: 10000,
 	MaxKeysPerRule:  16384,
+	Graph:           GraphSettings{Enabled: true, MaxNodes: 4096, MaxEdges: 16384, MaxAge: time.Hour},
 }
 
 // ListKind says what a named list holds.
@@ -115,7 +128,8 @@ func (l *List) Values() []string {
 // all files' lists are read before any rule is compiled.
 type compiler struct {
 	parser
-	lists map[string]*List
+	lists       map[string]*List
+	setSettings *Settings // the set's, complete before any rule is compiled
 }
 
 type file struct {
@@ -182,6 +196,7 @@ func Compile(srcs ...Source) (*Set, error) {
 	var files []file
 	settingsAt := ""
 	set := &Set{Settings: DefaultSettings, Lists: c.lists}
+	c.setSettings = &set.Settings
 	var allow []netip.Prefix
 	for _, src := range srcs {
 		c.file, c.ruleName = src.Name, ""
@@ -338,7 +353,7 @@ func (c *compiler) listsSection(n *yaml.Node) {
 }
 
 func (c *compiler) settings(n *yaml.Node, s *Settings) {
-	m := c.mapping(n, "settings", "dry_run", "block_rate", "max_active_blocks", "max_keys_per_rule")
+	m := c.mapping(n, "settings", "dry_run", "block_rate", "max_active_blocks", "max_keys_per_rule", "graph")
 	if e, ok := m["dry_run"]; ok {
 		s.DryRun, _ = c.boolean(e.val, "settings.dry_run")
 	}
@@ -359,5 +374,22 @@ func (c *compiler) settings(n *yaml.Node, s *Settings) {
 	if e, ok := m["max_keys_per_rule"]; ok {
 		v, _ := c.integer(e.val, "settings.max_keys_per_rule", 16, 10_000_000)
 		s.MaxKeysPerRule = int(v)
+	}
+	if e, ok := m["graph"]; ok {
+		gm := c.mapping(e.val, "settings.graph", "enabled", "max_nodes", "max_edges", "max_age")
+		if v, ok := gm["enabled"]; ok {
+			s.Graph.Enabled, _ = c.boolean(v.val, "settings.graph.enabled")
+		}
+		if v, ok := gm["max_nodes"]; ok {
+			n, _ := c.integer(v.val, "settings.graph.max_nodes", 2, 10_000_000)
+			s.Graph.MaxNodes = int(n)
+		}
+		if v, ok := gm["max_edges"]; ok {
+			n, _ := c.integer(v.val, "settings.graph.max_edges", 1, 10_000_000)
+			s.Graph.MaxEdges = int(n)
+		}
+		if v, ok := gm["max_age"]; ok {
+			s.Graph.MaxAge, _ = c.duration(v.val, "settings.graph.max_age", 0, 30*24*time.Hour)
+		}
 	}
 }

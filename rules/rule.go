@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/connwarden/connwarden/detector/event"
 )
 
 // Mode says what a rule may do when it fires.
@@ -90,11 +92,19 @@ type DetectionType uint8
 const (
 	DetectThreshold DetectionType = iota + 1
 	DetectDistinct
+	DetectFanOut
+	DetectNewEdge
+	DetectPivot
+	DetectSequence
 )
 
 var detectionNames = map[DetectionType]string{
 	DetectThreshold: "threshold",
 	DetectDistinct:  "distinct",
+	DetectFanOut:    "fanout",
+	DetectNewEdge:   "new_edge",
+	DetectPivot:     "pivot",
+	DetectSequence:  "sequence",
 }
 
 func (t DetectionType) String() string {
@@ -112,18 +122,31 @@ type Detection struct {
 	Type      DetectionType
 	Threshold *Threshold
 	Distinct  *Distinct
+	FanOut    *FanOut
+	NewEdge   *NewEdge
+	Pivot     *Pivot
+	Sequence  *Sequence
 	canon     string
 }
 
 func (d Detection) String() string { return d.canon }
 
-// Window returns the detection's time window.
+// Window returns the detection's time window: the span its alerts cover
+// and the period within which one key alerts at most once. New-edge
+// detections have none (each new edge alerts once); for sequences it is
+// their suppress period.
 func (d Detection) Window() time.Duration {
 	switch d.Type {
 	case DetectThreshold:
 		return d.Threshold.Window
 	case DetectDistinct:
 		return d.Distinct.Window
+	case DetectFanOut:
+		return d.FanOut.Config.Window
+	case DetectPivot:
+		return d.Pivot.Config.Window
+	case DetectSequence:
+		return d.Sequence.Suppress
 	}
 	return 0
 }
@@ -275,7 +298,7 @@ func (b *Block) TTLFor(repeats int) time.Duration {
 
 var (
 	ruleFields     = []string{"name", "description", "enabled", "mode", "severity", "tags", "filter", "detection", "actions"}
-	detectionKinds = []string{"threshold", "distinct"}
+	detectionKinds = []string{"threshold", "distinct", "fanout", "new_edge", "pivot", "sequence"}
 	nameRE         = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,63}$`)
 	tagRE          = regexp.MustCompile(`^[a-z0-9][a-z0-9_.:-]{0,63}$`)
 	attackRE       = regexp.MustCompile(`^attack\.t[0-9]{4}(\.[0-9]{3})?$`)
@@ -356,7 +379,7 @@ func (c *compiler) rule(n *yaml.Node) *Rule {
 		r.Filter = &Filter{}
 	}
 	if e, ok := m["detection"]; ok {
-		r.Detection = c.detection(e.val, r.Filter)
+		r.Detection = c.detection(e.val, r.Name, r.Filter)
 	} else {
 		c.errf(n, "detection", "missing; a rule needs exactly one of: %s", strings.Join(detectionKinds, ", "))
 	}
@@ -404,7 +427,7 @@ func (c *compiler) tags(n *yaml.Node) []string {
 	return out
 }
 
-func (c *compiler) detection(n *yaml.Node, f *Filter) Detection {
+func (c *compiler) detection(n *yaml.Node, name string, f *Filter) Detection {
 	var d Detection
 	m := c.mapping(n, "detection", detectionKinds...)
 	if m == nil {
@@ -465,6 +488,28 @@ func (c *compiler) detection(n *yaml.Node, f *Filter) Detection {
 		}
 		d.Type, d.Distinct = DetectDistinct, t
 		d.canon = fmt.Sprintf("distinct field=%s count=%d window=%d by=%s", t.Field, t.Count, t.Window, t.By)
+	}
+	if e, ok := m["fanout"]; ok {
+		d.FanOut, d.canon = c.fanout(e.val, name)
+		d.Type = DetectFanOut
+	}
+	if e, ok := m["new_edge"]; ok {
+		d.NewEdge, d.canon = c.newEdge(e.val, name)
+		d.Type = DetectNewEdge
+	}
+	if e, ok := m["pivot"]; ok {
+		d.Pivot, d.canon = c.pivot(e.val, name)
+		d.Type = DetectPivot
+		if !f.admits(event.KindInboundAccept) {
+			c.errf(e.key, "detection.pivot", "the filter drops inbound_accept events, so no accept can start a chain; add inbound_accept to filter.kind")
+		}
+	}
+	if e, ok := m["sequence"]; ok {
+		d.Sequence, d.canon = c.sequence(e.val, name, f)
+		d.Type = DetectSequence
+	}
+	if d.Type != 0 && d.canon == "" { // the detection's body was not a mapping
+		d.Type = 0
 	}
 	return d
 }
