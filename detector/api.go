@@ -97,6 +97,10 @@ type Alert struct {
 	Suppressed string
 	// Values are the distinct values counted (distinct detections), sorted.
 	Values []string
+	// Graph details a fanout, new_edge or pivot finding.
+	Graph *GraphDetail
+	// Session details a sequence violation.
+	Session *SessionDetail
 }
 
 // Options configure an Engine.

@@ -11,7 +11,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/connwarden/connwarden/detector/event"
+	"github.com/connwarden/connwarden/graph"
 	"github.com/connwarden/connwarden/rules"
+	"github.com/connwarden/connwarden/statemachine"
 )
 
 // Engine evaluates a compiled rule set over a stream of events.
@@ -30,6 +32,10 @@ type Engine struct {
 	now     uint64 // newest event time seen
 	events  uint64
 	pending []*Alert // alerts raised under the lock, delivered after it
+
+	flow     *graph.Graph // the exported flow graph; nil when disabled
+	flowConf rules.GraphSettings
+	findings []graph.Finding // reused buffer for graph detectors
 }
 
 // ruleSet is a compiled set with per-rule state, indexed by event kind so
@@ -51,6 +57,11 @@ type ruleState struct {
 	tbl    *table
 	th     *thresholdState
 	ds     *distinctState
+	fan    *graph.FanOut
+	ne     *graph.NewEdge
+	pv     *graph.Pivot
+	sm     *statemachine.Machine[groupKey]
+	sup    *thresholdState // count 1 per key: one pivot/sequence alert per window
 	stats  RuleStats
 }
 
@@ -66,6 +77,11 @@ func New(set *rules.Set, opts Options) (*Engine, error) {
 	}
 	e.cur = rs
 	e.blocks = newBlocks(set.Settings)
+	e.findings = make([]graph.Finding, 0, 8)
+	if e.flow, err = newFlowGraph(set.Settings.Graph); err != nil {
+		return nil, fmt.Errorf("detector: flow graph: %w", err)
+	}
+	e.flowConf = set.Settings.Graph
 	e.SetExtraAllowlist(opts.ExtraAllowlist)
 	e.log.Info("rules loaded", zap.Int("rules", len(set.Rules)), zap.Int("enabled", len(rs.all)), zap.Bool("dry_run", rs.dryRun))
 	return e, nil
@@ -104,6 +120,10 @@ func (e *Engine) build(set *rules.Set) (*ruleSet, error) {
 		case rules.DetectDistinct:
 			st.by = r.Detection.Distinct.By
 			st.ds = newDistinctState(r.Detection.Distinct)
+		case rules.DetectFanOut, rules.DetectNewEdge, rules.DetectPivot, rules.DetectSequence:
+			if err := e.buildGraphSM(st, r); err != nil {
+				return nil, fmt.Errorf("detector: rule %q: %w", r.Name, err)
+			}
 		default:
 			return nil, fmt.Errorf("detector: rule %q: unsupported detection %s", r.Name, r.Detection.Type)
 		}
@@ -124,6 +144,9 @@ func (e *Engine) Process(ev *event.Event) {
 		e.now = ev.Timestamp
 	}
 	e.expireBlocks()
+	if e.flow != nil {
+		e.flow.Observe(ev)
+	}
 	if int(ev.Kind) < len(e.cur.byKind) {
 		for _, st := range e.cur.byKind[ev.Kind] {
 			if !st.rule.Filter.Match(ev) {
@@ -161,6 +184,10 @@ func (e *Engine) Advance(ts uint64) {
 func (e *Engine) observe(st *ruleState, ev *event.Event) {
 	now := e.now
 	st.tbl.expire(now, st.window+ReorderSlack, 2)
+	if st.th == nil && st.ds == nil {
+		e.observeGraphSM(st, ev)
+		return
+	}
 	slot, fresh := st.tbl.get(makeKey(st.by, ev), now)
 	var fire, suppressed bool
 	switch {
@@ -201,7 +228,7 @@ func (e *Engine) fire(st *ruleState, slot int32, ev *event.Event) {
 	a.Lost = e.loss.between(sub(ev.Timestamp, st.window), ev.Timestamp)
 	st.stats.Alerts++
 	if r.Block != nil {
-		e.decide(st, ev, a)
+		e.decide(st, ev, a, ev.Remote.Addr())
 	}
 	e.pending = append(e.pending, a)
 }
@@ -213,10 +240,11 @@ func sub(a, b uint64) uint64 {
 	return a - b
 }
 
-// decide applies a firing rule's block action, or says why not.
-func (e *Engine) decide(st *ruleState, ev *event.Event, a *Alert) {
+// decide applies a firing rule's block action to target (normally the
+// event's remote address), or says why not.
+func (e *Engine) decide(st *ruleState, ev *event.Event, a *Alert, target netip.Addr) {
 	r := st.rule
-	p, ok := blockTarget(r.Block.Target, ev.Remote.Addr())
+	p, ok := blockTarget(r.Block.Target, target)
 	b := e.blocks
 	switch {
 	case r.Mode != rules.Enforce:
@@ -297,6 +325,11 @@ func (e *Engine) Reload(set *rules.Set) error {
 	if err != nil {
 		return err
 	}
+	// Built outside the lock; used only if the graph settings changed.
+	flow, err := newFlowGraph(set.Settings.Graph)
+	if err != nil {
+		return fmt.Errorf("detector: flow graph: %w", err)
+	}
 	e.mu.Lock()
 	old := map[string]*ruleState{}
 	for _, st := range e.cur.all {
@@ -309,6 +342,7 @@ func (e *Engine) Reload(set *rules.Set) error {
 			continue
 		}
 		st.tbl, st.th, st.ds = prev.tbl, prev.th, prev.ds
+		st.fan, st.ne, st.pv, st.sm, st.sup = prev.fan, prev.ne, prev.pv, prev.sm, prev.sup
 		st.tbl.shrink(rs.maxKeys)
 		name, sev := st.stats.Name, st.stats.Severity
 		st.stats = prev.stats
@@ -318,6 +352,9 @@ func (e *Engine) Reload(set *rules.Set) error {
 	}
 	e.cur = rs
 	e.blocks.configure(set.Settings)
+	if set.Settings.Graph != e.flowConf {
+		e.flow, e.flowConf = flow, set.Settings.Graph
+	}
 	e.mu.Unlock()
 	e.log.Info("rules reloaded", zap.Int("rules", len(set.Rules)), zap.Int("enabled", len(rs.all)), zap.Int("state_kept", kept))
 	return nil

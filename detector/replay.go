@@ -36,6 +36,8 @@ type alertJSON struct {
 	Last        uint64              `json:"last"`
 	Lost        uint64              `json:"lost,omitempty"`
 	Values      []string            `json:"values,omitempty"`
+	Graph       *GraphDetail        `json:"graph,omitempty"`
+	Session     *SessionDetail      `json:"session,omitempty"`
 	Decision    *decisionJSON       `json:"decision,omitempty"`
 	Suppressed  string              `json:"suppressed,omitempty"`
 	Description string              `json:"description"`
@@ -69,7 +71,7 @@ func (a *Alert) MarshalJSON() ([]byte, error) {
 	w := alertJSON{
 		Type: "alert", Rule: a.Rule, Severity: a.Severity, Mode: a.Mode, Detection: a.Detection,
 		Tags: a.Tags, Key: a.Key, Count: a.Count, Window: a.Window.String(), First: a.First,
-		Last: a.Last, Lost: a.Lost, Values: a.Values, Suppressed: a.Suppressed,
+		Last: a.Last, Lost: a.Lost, Values: a.Values, Graph: a.Graph, Session: a.Session, Suppressed: a.Suppressed,
 		Description: a.Description, Event: a.Event,
 	}
 	if a.Decision != nil {
