@@ -12,7 +12,7 @@ import (
 	"sync"
 	"testing"
 
-	"golang.org/x/sys/unix"
+	"github.com/connwarden/connwarden/internal/mounts"
 )
 
 // EnvRequire names the environment variable that turns skips into failures.
@@ -38,27 +38,10 @@ func probe() string {
 	if os.Geteuid() != 0 {
 		return "not root"
 	}
-	if err := ensureMount("/sys/fs/bpf", "bpf", unix.BPF_FS_MAGIC); err != nil {
-		return err.Error()
-	}
-	if err := ensureMount("/sys/kernel/tracing", "tracefs", unix.TRACEFS_MAGIC); err != nil {
+	if err := mounts.Ensure(); err != nil {
 		return err.Error()
 	}
 	return ""
-}
-
-func ensureMount(dir, fstype string, magic int64) error {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		return fmt.Errorf("statfs %s: %w", dir, err)
-	}
-	if st.Type == magic {
-		return nil
-	}
-	if err := unix.Mount(fstype, dir, fstype, 0, ""); err != nil {
-		return fmt.Errorf("mount %s on %s: %w", fstype, dir, err)
-	}
-	return nil
 }
 
 // Require skips t (or fails it, when kernel tests are required) unless the

@@ -10,6 +10,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -333,19 +334,23 @@ func (s *Server) alerts(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) graph(w http.ResponseWriter, r *http.Request) {
 	format := r.URL.Query().Get("format")
+	ctype := "application/json"
 	switch format {
 	case "", "json":
-		w.Header().Set("Content-Type", "application/json")
 		format = "json"
 	case "dot":
-		w.Header().Set("Content-Type", "text/vnd.graphviz")
+		ctype = "text/vnd.graphviz"
 	default:
 		s.fail(w, http.StatusBadRequest, "invalid format %q: want json or dot", format)
 		return
 	}
-	if err := s.b.Graph(w, format); err != nil {
-		s.log.Warn("graph export", zap.Error(err))
+	var buf bytes.Buffer
+	if err := s.b.Graph(&buf, format); err != nil {
+		s.fail(w, http.StatusServiceUnavailable, "graph: %v", err)
+		return
 	}
+	w.Header().Set("Content-Type", ctype)
+	w.Write(buf.Bytes())
 }
 
 func (s *Server) processes(w http.ResponseWriter, _ *http.Request) {
