@@ -179,6 +179,9 @@ func TestTracerHooks(t *testing.T) {
 	if len(entries) != 1 {
 		t.Fatalf("%d log entries at start-up, want 1: %v", len(entries), entries)
 	}
+	if entries[0].LoggerName != "tracer" || entries[0].Level != zapcore.InfoLevel {
+		t.Errorf("start-up line from logger %q at %s, want \"tracer\" at info", entries[0].LoggerName, entries[0].Level)
+	}
 	fields := entries[0].ContextMap()
 	if got := fields["attempt_hook"]; got != r.Attempt.String() {
 		t.Errorf("logged attempt_hook %v, want %s", got, r.Attempt)
