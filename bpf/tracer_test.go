@@ -494,3 +494,42 @@ func TestTracerConnectTimeout(t *testing.T) {
 		t.Errorf("connect result %d, want %d", connect.Result, -event.ETIMEDOUT)
 	}
 }
+
+// TestAttemptHookProgramsVerify loads the tcp_connect programs the way
+// NewTracer does, against shared maps, without attaching them: the verifier
+// must accept the kprobe program even where kprobes cannot be attached, so a
+// change that breaks it is caught on our machines too. fentry needs
+// trampolines to load at all; where the kernel refuses it, that is logged.
+func TestAttemptHookProgramsVerify(t *testing.T) {
+	kerneltest.Require(t)
+	spec, err := loadConnect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Maps["events"].MaxEntries = uint32(os.Getpagesize())
+	var maps connectMaps
+	if err := spec.LoadAndAssign(&maps, nil); err != nil {
+		t.Fatalf("load maps: %v", err)
+	}
+	t.Cleanup(func() { maps.Close() })
+	shared, err := sharedMaps(spec, &maps)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var kp kprobeSet
+	if err := spec.LoadAndAssign(&kp, shared); err != nil {
+		t.Fatalf("load kprobe program: %v", err)
+	}
+	kp.Prog.Close()
+
+	var fe fentrySet
+	switch err := spec.LoadAndAssign(&fe, shared); {
+	case err == nil:
+		fe.Prog.Close()
+	case errors.Is(err, syscall.EPERM):
+		t.Logf("fentry program not loadable here: %v", err)
+	default:
+		t.Errorf("load fentry program: %v", err)
+	}
+}
