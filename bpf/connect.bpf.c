@@ -222,7 +222,7 @@ static __always_inline void set_proc(struct event *e, const struct proc_info *p)
 	__builtin_memcpy(e->comm, p->comm, sizeof(e->comm));
 }
 
-static __always_inline struct proc_stats *proc_stats(__u32 tgid)
+static __always_inline struct proc_stats *stats_of(__u32 tgid)
 {
 	struct proc_stats *s = bpf_map_lookup_elem(&procs, &tgid);
 	if (s)
@@ -240,7 +240,7 @@ static __always_inline struct proc_stats *proc_stats(__u32 tgid)
 static __always_inline void record_attempt(__u64 sk, const struct proc_info *p, __u64 now)
 {
 	bpf_map_update_elem(&socks, &sk, p, BPF_ANY);
-	struct proc_stats *s = proc_stats(p->tgid);
+	struct proc_stats *s = stats_of(p->tgid);
 	if (s) {
 		__sync_fetch_and_add(&s->attempts, 1);
 		s->last_seen = now;
@@ -396,7 +396,7 @@ static __always_inline void on_outcome(struct tp_inet_sock_set_state *ctx, __u16
 		}
 	}
 	if (newstate == TCP_CLOSE) {
-		struct proc_stats *s = proc_stats(p->tgid);
+		struct proc_stats *s = stats_of(p->tgid);
 		if (s) {
 			__sync_fetch_and_add(&s->failures, 1);
 			s->last_seen = bpf_ktime_get_ns();

@@ -91,7 +91,7 @@ type fentrySet struct {
 func chooseAttemptHook(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions) (hook AttemptHook, refused []HookRefusal, prog *ebpf.Program, l link.Link) {
 	for _, h := range attemptHooks {
 		if h == HookTracepoint {
-			return h, refused, nil, nil
+			break
 		}
 		prog, l, err := attachAttemptHook(h, spec, opts)
 		if err == nil {
@@ -99,7 +99,7 @@ func chooseAttemptHook(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions) 
 		}
 		refused = append(refused, HookRefusal{Hook: h, Err: err})
 	}
-	panic("unreachable: attemptHooks ends with HookTracepoint")
+	return HookTracepoint, refused, nil, nil
 }
 
 func attachAttemptHook(h AttemptHook, spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions) (*ebpf.Program, link.Link, error) {

@@ -52,8 +52,8 @@ type TracerOptions struct {
 	// ExcludeTGID is a process (normally the agent itself) whose connects and
 	// handshakes the kernel does not report. 0 excludes nothing.
 	ExcludeTGID uint32
-	// Logger receives the one start-up line about the chosen hooks; nil
-	// discards it.
+	// Logger receives, named "tracer", the one start-up line about the chosen
+	// hooks; nothing is logged per event. nil discards it.
 	Logger *zap.Logger
 }
 
@@ -147,7 +147,7 @@ func NewTracer(opts TracerOptions) (_ *Tracer, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("tracer options: %w", err)
 	}
-	log := opts.Logger
+	log := opts.Logger.Named("tracer")
 
 	spec, err := loadConnect()
 	if err != nil {

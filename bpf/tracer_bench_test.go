@@ -19,10 +19,13 @@ import (
 )
 
 // BenchmarkConnect measures blocking loopback connects per second from one
-// thread, first untraced, then with the tracer attached and a goroutine
-// reading its events, and reports the events the kernel lost.
+// thread: untraced, then traced (a goroutine reading every event), then traced
+// with a wakeup per event instead of batched wakeups, and reports the events
+// the kernel lost. traced-kernel-time repeats the traced run with the
+// kernel's BPF run-time statistics on (which cost a little themselves) to
+// report the time spent in the tracer's programs per connect.
 //
-//	go test -run '^$' -bench BenchmarkConnect -benchtime 3s -count 5 ./bpf/
+//	go test -run '^$' -bench BenchmarkConnect -benchmem -benchtime 2s -count 5 ./bpf/
 //
 // Each connect is one socket, connect() to a local listener that accepts and
 // closes, and a close with SO_LINGER 0 (a RST, so no TIME_WAIT piles up): five
@@ -35,47 +38,75 @@ func BenchmarkConnect(b *testing.B) {
 		benchConnects(b, server)
 	})
 
-	tr := newTestTracer(b, TracerOptions{Logger: zap.NewNop()})
-	var events atomic.Uint64
-	done := make(chan struct{})
+	bt := startBenchTracer(b, TracerOptions{})
+	b.Run("traced", func(b *testing.B) {
+		bt.run(b, server)
+	})
+	b.Run("traced-kernel-time", func(b *testing.B) {
+		stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+		if err != nil {
+			b.Skipf("no BPF run-time statistics: %v", err)
+		}
+		defer stats.Close()
+		run0 := bpfRuntime(b, bt.tr)
+		bt.run(b, server)
+		b.ReportMetric(float64(bpfRuntime(b, bt.tr)-run0)/float64(b.N), "bpf-ns/connect")
+	})
+	bt.close()
+
+	bt = startBenchTracer(b, TracerOptions{WakeupBytes: 1})
+	b.Run("traced-wakeup-per-event", func(b *testing.B) {
+		bt.run(b, server)
+	})
+	bt.close()
+}
+
+// benchTracer is a tracer with a goroutine counting the events it reads.
+type benchTracer struct {
+	tr     *Tracer
+	events atomic.Uint64
+	done   chan struct{}
+}
+
+func startBenchTracer(b *testing.B, opts TracerOptions) *benchTracer {
+	kerneltest.Require(b)
+	opts.Logger = zap.NewNop()
+	tr, err := NewTracer(opts)
+	if err != nil {
+		b.Fatalf("NewTracer: %v", err)
+	}
+	bt := &benchTracer{tr: tr, done: make(chan struct{})}
 	go func() {
-		defer close(done)
+		defer close(bt.done)
 		var ev event.Event
 		for tr.Read(&ev) == nil {
-			events.Add(1)
+			bt.events.Add(1)
 		}
 	}()
-	b.Cleanup(func() {
-		tr.Close()
-		<-done
-	})
+	b.Cleanup(bt.close)
+	return bt
+}
 
-	// Kernel time in the tracer's programs, where the kernel keeps count.
-	if stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME)); err != nil {
-		b.Logf("no BPF run-time statistics: %v", err)
-	} else {
-		b.Cleanup(func() { stats.Close() })
+func (bt *benchTracer) close() {
+	bt.tr.Close()
+	<-bt.done
+}
+
+// run measures connects with the tracer attached, reporting events per
+// connect and the events lost meanwhile.
+func (bt *benchTracer) run(b *testing.B, server netip.AddrPort) {
+	lost0, err := bt.tr.Lost()
+	if err != nil {
+		b.Fatal(err)
 	}
-
-	b.Run("traced", func(b *testing.B) {
-		lost0, err := tr.Lost()
-		if err != nil {
-			b.Fatal(err)
-		}
-		events0 := events.Load()
-		run0 := bpfRuntime(b, tr)
-		benchConnects(b, server)
-		run := bpfRuntime(b, tr)
-		lost, err := tr.Lost()
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.ReportMetric(float64(lost-lost0), "lost")
-		b.ReportMetric(float64(events.Load()-events0)/float64(b.N), "events/connect")
-		if run > run0 {
-			b.ReportMetric(float64(run-run0)/float64(b.N), "bpf-ns/connect")
-		}
-	})
+	events0 := bt.events.Load()
+	benchConnects(b, server)
+	lost, err := bt.tr.Lost()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(lost-lost0), "lost")
+	b.ReportMetric(float64(bt.events.Load()-events0)/float64(b.N), "events/connect")
 }
 
 // bpfRuntime sums the kernel's run-time count over the tracer's programs (0
