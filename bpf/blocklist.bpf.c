@@ -11,8 +11,8 @@
 // trie per family, with its own summary) is consulted only when a block
 // matched, so a packet from an unlisted source costs one hash miss and one
 // bit test, plus a trie miss when it shares a /16 with a CIDR entry. An
-// allowlisted address is never dropped or refused,
-// whatever the block maps hold.
+// allowlisted address is never dropped or refused, whatever the block maps
+// hold.
 //
 // Verdict for frames the program cannot classify: they pass. Non-IP frames
 // (ARP, LLDP, ...) pass and count as NON_IP; frames too short for the headers
@@ -163,7 +163,7 @@ enum bl_slot_set {
 	BL_SLOTS_MAX = 4,
 };
 
-// bl_slots: key = enum bl_slot_set, value = bl_slots bitmap of the trie it
+// bl_slots: key = enum bl_slot_set, value = bl_slot_bits of the trie it
 // names. Written whole by user space after every change to that trie (Block,
 // BlockBatch, Unblock, GC, Allow, Disallow, and rebuilt at open); read by
 // xdp_blocklist, connect4 and connect6 before any trie lookup. Never deleted.

@@ -24,9 +24,10 @@ const (
 	AttachNative
 	// AttachGeneric runs the program on the skb path; works on any device.
 	AttachGeneric
-	// AttachAdopted marks a link adopted from a pin: the kernel does not
-	// report the mode of an XDP link, only that it is attached.
-	AttachAdopted
+	// AttachUnknown is the mode of an adopted link whose interface is not
+	// visible from this network namespace: an XDP link does not report its
+	// mode, so it is read from rtnetlink, which only sees this namespace.
+	AttachUnknown
 )
 
 func (m AttachMode) String() string {
@@ -37,8 +38,8 @@ func (m AttachMode) String() string {
 		return "native"
 	case AttachGeneric:
 		return "generic"
-	case AttachAdopted:
-		return "adopted"
+	case AttachUnknown:
+		return "unknown"
 	}
 	return fmt.Sprintf("mode(%d)", int(m))
 }
@@ -75,7 +76,7 @@ func (b *Blocklist) Attach(ifname string, mode AttachMode) (AttachMode, error) {
 		return 0, fmt.Errorf("attach xdp %s: %w", ifname, ErrClosed)
 	}
 	if a, ok := b.links[ifname]; ok {
-		if mode != AttachAuto && a.mode != AttachAdopted && a.mode != mode {
+		if mode != AttachAuto && a.mode != AttachUnknown && a.mode != mode {
 			return 0, fmt.Errorf("attach xdp %s: already attached in %s mode", ifname, a.mode)
 		}
 		return a.mode, nil
@@ -320,11 +321,15 @@ func (b *Blocklist) adoptXDP(path, ifname string) error {
 		b.log.Info("removing pin of detached xdp link", zap.String("interface", ifname))
 		return errors.Join(l.Unpin(), l.Close())
 	}
+	mode, err := xdpModeOf(ifname, ifindex, info.Program)
+	if err != nil {
+		b.log.Warn("reading xdp mode of adopted link", zap.String("interface", ifname), zap.Error(err))
+	}
 	if err := l.Update(b.xdp); err != nil {
 		return errors.Join(fmt.Errorf("adopt link %s: update program: %w", path, err), l.Close())
 	}
-	b.links[ifname] = &xdpAttachment{ifname: ifname, ifindex: ifindex, mode: AttachAdopted, link: l}
-	b.log.Info("adopted xdp blocklist link", zap.String("interface", ifname), zap.Int("ifindex", ifindex))
+	b.links[ifname] = &xdpAttachment{ifname: ifname, ifindex: ifindex, mode: mode, link: l}
+	b.log.Info("adopted xdp blocklist link", zap.String("interface", ifname), zap.Int("ifindex", ifindex), zap.Stringer("mode", mode))
 	return nil
 }
 

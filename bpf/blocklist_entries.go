@@ -161,24 +161,41 @@ func (b *Blocklist) BlockBatch(entries []BlockEntry) (_ int, err error) {
 
 	b.writeMu.Lock()
 	defer b.writeMu.Unlock()
-	if len(cidrs) > 0 {
-		// Raise the summaries for every CIDR entry before writing any,
-		// then recount them from the tries whatever happens.
-		for _, p := range cidrs {
-			b.slotAdd(cidrSlots(p), p, 1)
+	// Raise the summaries for every new CIDR entry before writing any. If a
+	// write fails, recount from the tries: the counts of entries that did
+	// not make it in would otherwise keep their bits set for good.
+	var sets []blocklistBlSlotSet
+	seen := make(map[netip.Prefix]bool, len(cidrs))
+	for _, p := range cidrs {
+		if seen[p] {
+			continue
 		}
-		sets := []blocklistBlSlotSet{blocklistBlSlotSetBL_SLOTS_CIDR_V4, blocklistBlSlotSetBL_SLOTS_CIDR_V6}
-		defer func() {
-			for _, set := range sets {
-				if rerr := b.rebuildSlotSet(set); rerr != nil {
-					err = errors.Join(err, fmt.Errorf("block batch: %w", rerr))
-				}
+		seen[p] = true
+		m, key := b.locate(p)
+		exists, err := b.trieHas(m, p, key)
+		if err != nil {
+			return 0, fmt.Errorf("block batch: %s: %w", p, err)
+		}
+		if !exists {
+			b.slotAdd(cidrSlots(p), p, 1)
+			if !slices.Contains(sets, cidrSlots(p)) {
+				sets = append(sets, cidrSlots(p))
 			}
-		}()
+		}
+	}
+	defer func() {
+		if err == nil {
+			return
+		}
 		for _, set := range sets {
-			if err := b.flushSlots(set); err != nil {
-				return 0, fmt.Errorf("block batch: %w", err)
+			if rerr := b.rebuildSlotSet(set); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("block batch: %w", rerr))
 			}
+		}
+	}()
+	for _, set := range sets {
+		if err := b.flushSlots(set); err != nil {
+			return 0, fmt.Errorf("block batch: %w", err)
 		}
 	}
 	total := 0

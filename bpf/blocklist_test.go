@@ -14,6 +14,7 @@ import (
 
 	"github.com/connwarden/connwarden/internal/kerneltest"
 	"github.com/google/go-cmp/cmp"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -53,7 +54,7 @@ func openTestBlocklist(t testing.TB, opts BlocklistOptions) *Blocklist {
 		opts.MaxCIDR = 1024
 	}
 	if opts.Logger == nil {
-		opts.Logger = zaptest.NewLogger(t).Named("blocklist")
+		opts.Logger = zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)).Named("blocklist")
 	}
 	b, err := OpenBlocklist(opts)
 	if err != nil {
@@ -323,6 +324,19 @@ func TestBlocklistEntries(t *testing.T) {
 	time.Sleep(time.Millisecond)
 	if _, ok, _ := b.Lookup(netip.MustParseAddr("10.5.0.1")); ok {
 		t.Error("Lookup found an expired entry")
+	}
+	list, err = b.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var expired []string
+	for _, e := range list {
+		if e.Expired(time.Now()) {
+			expired = append(expired, e.Prefix.String())
+		}
+	}
+	if diff := cmp.Diff([]string{"10.5.0.1/32", "fd00:5::/48"}, expired); diff != "" {
+		t.Errorf("expired entries in List (-want +got):\n%s", diff)
 	}
 	if n, err := b.GC(); err != nil || n != 2 {
 		t.Errorf("GC = %d, %v; want 2", n, err)

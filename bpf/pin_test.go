@@ -108,9 +108,17 @@ func TestBlocklistSurvivesLoaderExit(t *testing.T) {
 		t.Errorf("pinned DROP counter %d, want %d", d, 2*count)
 	}
 
-	b := openTestBlocklist(t, BlocklistOptions{PinDir: pinDir})
-	if got := b.Attached(); len(got) != 1 || got[0].Interface != n.vethV || got[0].Mode != AttachAdopted || got[0].Ifindex == 0 {
-		t.Errorf("Attached() = %+v, want the adopted link on %s", got, n.vethV)
+	// Adopt from the victim's namespace, where rtnetlink can tell the mode.
+	var b *Blocklist
+	if err := inNetns(n.victNs, func() (err error) {
+		b, err = OpenBlocklist(BlocklistOptions{PinDir: pinDir, MaxExact: 1024, MaxCIDR: 1024})
+		return err
+	}); err != nil {
+		t.Fatalf("adopt: %v", err)
+	}
+	t.Cleanup(func() { b.Close() })
+	if got := b.Attached(); len(got) != 1 || got[0].Interface != n.vethV || got[0].Mode != AttachNative || got[0].Ifindex == 0 {
+		t.Errorf("Attached() = %+v, want the adopted native link on %s", got, n.vethV)
 	}
 	e, ok, err := b.Lookup(n.srcBad)
 	if err != nil || !ok {
