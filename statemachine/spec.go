@@ -176,10 +176,11 @@ func compile(s *Spec) (*compiled, error) {
 		what := fmt.Sprintf("timeout %d (state %q)", i, t.State)
 		st := lookup(p+".state", what+" state", t.State)
 		to := lookup(p+".to", what+" to", t.To)
-		if t.After <= 0 {
+		bad := t.After <= 0
+		if bad {
 			errs.Addf(p+".after", "%s: after must be positive, got %v", what, t.After)
 		}
-		if st == None || to == None {
+		if st == None || to == None || bad {
 			continue
 		}
 		if c.timeoutTo[st] != None {
