@@ -31,7 +31,7 @@ func bindRunFlags(fs *pflag.FlagSet, f *runFlags) {
 	d := config.Default()
 	fs.StringVar(&f.configPath, "config", "", "config file (default "+config.DefaultFile+" when present)")
 	fs.StringVarP(&f.cfg.RulesDir, "rules", "r", "", "directory of rule files (default: the embedded default pack)")
-	fs.StringSliceVarP(&f.cfg.Interfaces, "interface", "i", nil, "interface to attach the XDP blocklist to (repeatable; default: those carrying a default route)")
+	fs.StringSliceVarP(&f.cfg.Interfaces, "interface", "i", nil, `interface to attach the XDP blocklist to (repeatable; default: those carrying a default route; "none" attaches nothing)`)
 	fs.StringVar(&f.cfg.XDPMode, "xdp-mode", d.XDPMode, "XDP attach mode: auto, native or generic")
 	fs.StringVar(&f.cfg.PinDir, "pin-dir", d.PinDir, "bpffs directory for the pinned blocklist")
 	fs.BoolVar(&f.cfg.Egress, "egress", false, "also refuse local connect()s to blocked addresses (cgroup hooks)")

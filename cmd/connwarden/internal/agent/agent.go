@@ -167,7 +167,7 @@ func New(cfg config.Config, log *zap.Logger) (_ *Agent, err error) {
 		RingBufferBytes: cfg.RingBufferBytes,
 		ReadTimeout:     DefaultReadTimeout,
 		ExcludeTGID:     uint32(os.Getpid()),
-		Logger:          log.Named("tracer"),
+		Logger:          log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("tracer: %w", err)
@@ -204,6 +204,10 @@ func (a *Agent) syncAllowlist(set *rules.Set) error {
 
 func (a *Agent) attach() error {
 	ifaces := a.cfg.Interfaces
+	if len(ifaces) == 1 && ifaces[0] == "none" {
+		a.log.Info("XDP not attached (--interface none): detection and egress only")
+		return nil
+	}
 	if len(ifaces) == 0 {
 		var err error
 		if ifaces, err = hostnet.DefaultRouteInterfaces(); err != nil {
@@ -381,6 +385,14 @@ func (a *Agent) Reload() error {
 	return nil
 }
 
+// Handler is the API handler (for tests and embedding).
+func (a *Agent) Handler() http.Handler {
+	return api.New((*backend)(a), a.cfg.API.Token, a.met.Handler(), a.log.Named("api"))
+}
+
+// Engine is the running detection engine.
+func (a *Agent) Engine() *detector.Engine { return a.eng }
+
 // ReopenAlerts reopens the alert log file (SIGUSR1, after logrotate).
 func (a *Agent) ReopenAlerts() error { return a.alerts.Reopen() }
 
@@ -491,7 +503,7 @@ func (a *Agent) snapshot() metrics.Snapshot {
 }
 
 func (a *Agent) serveAPI(errc chan<- error) error {
-	h := api.New((*backend)(a), a.cfg.API.Token, a.met.Handler(), a.log.Named("api"))
+	h := a.Handler()
 	if a.cfg.API.Listen != "" {
 		ln, err := net.Listen("tcp", a.cfg.API.Listen)
 		if err != nil {
