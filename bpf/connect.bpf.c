@@ -131,6 +131,18 @@ struct {
 } lost SEC(".maps");
 
 /*
+ * submits: key 0 -> u32, per CPU: records submitted on this CPU, so that
+ * submit() asks the ring for its pending bytes only every QUERY_EVERY records.
+ * Inserted: preallocated (array). Written and read: submit(). Deleted: never.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} submits SEC(".maps");
+
+/*
  * connect_args: pid_tgid (u64) -> struct connect_args.
  * Inserted: sys_enter_connect. Read and deleted: sys_exit_connect of the same
  * thread, which runs for every syscall that entered, even one a fatal signal
@@ -193,19 +205,34 @@ static __always_inline struct event *reserve(void)
 	return e;
 }
 
-/* submit wakes the reader only once enough data is pending; the reader polls
- * with a short deadline for the rest. */
+/*
+ * submit wakes the reader only once wakeup_bytes are pending; the reader polls
+ * with a short deadline for the rest. bpf_ringbuf_query costs about as much as
+ * the rest of submitting (it reads the consumer position user space writes),
+ * so each CPU asks only every QUERY_EVERY records: the wakeup comes at most
+ * QUERY_EVERY records per CPU late, a few hundred bytes against 64 KiB. A
+ * threshold no bigger than one record is met by the record itself.
+ */
+#define QUERY_EVERY 8
+
 static __always_inline void submit(struct event *e)
 {
 	__u64 flags = BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+	if (wakeup_bytes <= sizeof(*e)) {
 		flags = BPF_RB_FORCE_WAKEUP;
+	} else {
+		__u32 key = 0;
+		__u32 *n = bpf_map_lookup_elem(&submits, &key);
+		if (n && ++*n % QUERY_EVERY == 0 &&
+		    bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+			flags = BPF_RB_FORCE_WAKEUP;
+	}
 	bpf_ringbuf_submit(e, flags);
 }
 
-static __always_inline void current_proc(struct proc_info *p)
+/* current_proc fills p from the current task; id is bpf_get_current_pid_tgid(). */
+static __always_inline void current_proc(struct proc_info *p, __u64 id)
 {
-	__u64 id = bpf_get_current_pid_tgid();
 	p->pid = (__u32)id;
 	p->tgid = id >> 32;
 	p->uid = (__u32)bpf_get_current_uid_gid();
@@ -264,7 +291,7 @@ static __always_inline int on_tcp_connect(struct sock *sk)
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
 	struct proc_info p = {};
-	current_proc(&p);
+	current_proc(&p, bpf_get_current_pid_tgid());
 	if (excluded(p.tgid))
 		return 0;
 	record_attempt((__u64)sk, &p, bpf_ktime_get_ns());
@@ -344,7 +371,7 @@ int tp_exit_connect(struct tp_sys_exit_connect *ctx)
 	struct event *e = reserve();
 	if (e) {
 		struct proc_info p = {};
-		current_proc(&p);
+		current_proc(&p, id);
 		set_proc(e, &p);
 		e->kind = KIND_CONNECT;
 		e->direction = DIR_OUTBOUND;
@@ -422,7 +449,7 @@ int tp_sock_set_state(struct tp_inet_sock_set_state *ctx)
 		if (!attempt_from_state)
 			return 0;
 		struct proc_info p = {};
-		current_proc(&p);
+		current_proc(&p, bpf_get_current_pid_tgid());
 		if (excluded(p.tgid))
 			return 0;
 		record_attempt(sk, &p, bpf_ktime_get_ns());

@@ -86,6 +86,7 @@ const (
 	connectMapLost              = "lost"
 	connectMapProcs             = "procs"
 	connectMapSocks             = "socks"
+	connectMapSubmits           = "submits"
 	connectProgFentryTcpConnect = "fentry_tcp_connect"
 	connectProgKprobeTcpConnect = "kprobe_tcp_connect"
 	connectProgTpEnterConnect   = "tp_enter_connect"
@@ -157,6 +158,7 @@ type connectMapSpecs struct {
 	Lost        *ebpf.MapSpec `ebpf:"lost"`
 	Procs       *ebpf.MapSpec `ebpf:"procs"`
 	Socks       *ebpf.MapSpec `ebpf:"socks"`
+	Submits     *ebpf.MapSpec `ebpf:"submits"`
 }
 
 // connectVariableSpecs contains global variables before they are loaded into the kernel.
@@ -194,6 +196,7 @@ type connectMaps struct {
 	Lost        *ebpf.Map `ebpf:"lost"`
 	Procs       *ebpf.Map `ebpf:"procs"`
 	Socks       *ebpf.Map `ebpf:"socks"`
+	Submits     *ebpf.Map `ebpf:"submits"`
 }
 
 func (m *connectMaps) Close() error {
@@ -203,6 +206,7 @@ func (m *connectMaps) Close() error {
 		m.Lost,
 		m.Procs,
 		m.Socks,
+		m.Submits,
 	)
 }
 

@@ -40,7 +40,8 @@ type TracerOptions struct {
 	RingBufferBytes int
 	// WakeupBytes is how much unread data the kernel lets pile up before it
 	// wakes the reader; below it, records are submitted without a wakeup and
-	// Read finds them when its ReadTimeout expires. 1 wakes on every event.
+	// Read finds them when its ReadTimeout expires. Up to the size of one
+	// event record (96) it wakes on every event.
 	// Default: DefaultWakeupBytes (64 KiB), or a quarter of the ring if smaller.
 	// Must be below RingBufferBytes.
 	WakeupBytes int
@@ -248,6 +249,7 @@ func sharedMaps(spec *ebpf.CollectionSpec, m *connectMaps) (*ebpf.CollectionOpti
 	loaded := map[string]*ebpf.Map{
 		"events":       m.Events,
 		"lost":         m.Lost,
+		"submits":      m.Submits,
 		"connect_args": m.ConnectArgs,
 		"socks":        m.Socks,
 		"procs":        m.Procs,
