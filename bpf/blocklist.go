@@ -21,7 +21,8 @@ var (
 	// ErrInvalidPrefix: a zero, malformed or zoned prefix, or a negative TTL.
 	ErrInvalidPrefix = errors.New("invalid prefix")
 	// ErrIncompatiblePin: a map pinned by another build of connwarden does not
-	// match this build's layout. The pins must be removed (Remove) first.
+	// match this build's layout. RemoveBlocklistPins clears the way (and the
+	// entries).
 	ErrIncompatiblePin = errors.New("pinned object incompatible with this build")
 	// ErrNotAttached: Detach of an interface the blocklist is not attached to.
 	ErrNotAttached = errors.New("not attached")

@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"errors"
 	"net/netip"
 	"path/filepath"
 	"testing"
@@ -148,5 +149,101 @@ func TestSlotsRebuiltAtOpen(t *testing.T) {
 	b = openTestBlocklist(t, BlocklistOptions{PinDir: dir, MaxExact: 64, MaxCIDR: 64})
 	if verdict(t, b, "10.77.1.1") != xdpDrop {
 		t.Error("entry written while no blocklist was open is not enforced after Open")
+	}
+}
+
+// TestBlocklistConcurrent blocks and unblocks CIDR entries from several
+// goroutines while others read, then checks that every summary bit agrees
+// with the tries and the program enforces exactly what is left.
+func TestBlocklistConcurrent(t *testing.T) {
+	kerneltest.Require(t)
+	b := openTestBlocklist(t, BlocklistOptions{})
+	const (
+		workers = 4
+		rounds  = 150
+	)
+	// Worker w owns 10.(100+w).x.0/24 for x in 0..7, all in one /16.
+	prefix := func(w, x int) netip.Prefix {
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(100 + w), byte(x), 0}), 24)
+	}
+	errc := make(chan error, workers+1)
+	done := make(chan struct{})
+	for w := range workers {
+		go func() {
+			for r := range rounds {
+				x := r % 8
+				var err error
+				if r%3 == 2 {
+					err = b.Unblock(prefix(w, x))
+					if errors.Is(err, ErrNotBlocked) {
+						err = nil
+					}
+				} else {
+					err = b.Block(prefix(w, x), 0, ReasonDetector)
+				}
+				if err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	go func() {
+		for {
+			select {
+			case <-done:
+				errc <- nil
+				return
+			default:
+			}
+			if _, err := b.List(); err != nil {
+				errc <- err
+				return
+			}
+			if _, err := b.Stats(); err != nil {
+				errc <- err
+				return
+			}
+			if _, err := b.GC(); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	for range workers {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(done)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+
+	list, err := b.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	left := map[netip.Prefix]bool{}
+	for _, e := range list {
+		left[e.Prefix] = true
+	}
+	for w := range workers {
+		anyLeft := false
+		for x := range 8 {
+			p := prefix(w, x)
+			anyLeft = anyLeft || left[p]
+			want := uint32(xdpPass)
+			if left[p] {
+				want = xdpDrop
+			}
+			if got := verdict(t, b, p.Addr().Next().String()); got != want {
+				t.Errorf("%s: verdict %d, want %d", p, got, want)
+			}
+		}
+		if got := slotBit(t, b, blocklistBlSlotSetBL_SLOTS_CIDR_V4, prefix(w, 0).Addr()); got != anyLeft {
+			t.Errorf("slot of worker %d: %v, want %v", w, got, anyLeft)
+		}
 	}
 }

@@ -278,4 +278,28 @@ func TestXDPNetns(t *testing.T) {
 	if err := b.Detach(n.vethV); !errors.Is(err, ErrNotAttached) {
 		t.Errorf("second detach: error %v, want ErrNotAttached", err)
 	}
+
+	// Generic (skb) mode drops too.
+	if err := inNetns(n.victNs, func() (err error) {
+		mode, err = b.Attach(n.vethV, AttachGeneric)
+		return err
+	}); err != nil || mode != AttachGeneric {
+		t.Fatalf("attach generic: %s, %v", mode, err)
+	}
+	if err := b.Block(netip.PrefixFrom(n.srcBad, 32), 0, ReasonDetector); err != nil {
+		t.Fatal(err)
+	}
+	if e, r := p.probe(n.srcBad, count, 300*time.Millisecond); e != 0 || r != 0 {
+		t.Errorf("blocked source, generic mode: %d echo replies, %d resets; want none", e, r)
+	}
+	if e, r := p.probe(n.srcGood, count, 3*time.Second); e != count || r != count {
+		t.Errorf("unblocked source, generic mode: %d echo replies, %d resets; want %d each", e, r, count)
+	}
+	s2, err := b.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := statsDelta(s, s2); d != (Stats{Passed: 2 * count, Dropped: 2 * count, DroppedExact: 2 * count}) {
+		t.Errorf("generic mode counter delta %+v", d)
+	}
 }

@@ -68,6 +68,39 @@ func (l pinLayout) ensure() error {
 	return nil
 }
 
+// RemoveBlocklistPins deletes every pin of the blocklist under pinDir
+// (DefaultPinDir if empty) without opening it: links first, which detaches
+// any program no process still holds, then maps, whose entries are then
+// gone. It is the way out of ErrIncompatiblePin, when OpenBlocklist (and so
+// Remove) cannot succeed. Files it does not know are left alone.
+func RemoveBlocklistPins(pinDir string) error {
+	if pinDir == "" {
+		pinDir = DefaultPinDir
+	}
+	l := pinLayout{dir: pinDir}
+	var errs []error
+	for _, d := range []string{l.linksDir(), l.mapsDir()} {
+		ents, err := os.ReadDir(d)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, e := range ents {
+			if err := os.Remove(filepath.Join(d, e.Name())); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	errs = append(errs, l.remove())
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove blocklist pins %s: %w", pinDir, err)
+	}
+	return nil
+}
+
 // remove deletes the (by then empty) pin directories.
 func (l pinLayout) remove() error {
 	var errs []error

@@ -238,4 +238,50 @@ func TestBlocklistIncompatiblePin(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "maps", "bl_exact_v4")); err != nil {
 		t.Errorf("incompatible pin: %v", err)
 	}
+
+	// Clearing the pins lets this build start afresh.
+	if err := RemoveBlocklistPins(dir); err != nil {
+		t.Fatalf("remove pins: %v", err)
+	}
+	b := openTestBlocklist(t, BlocklistOptions{PinDir: dir})
+	if n, err := b.Len(); err != nil || n != 0 {
+		t.Errorf("Len after RemoveBlocklistPins = %d, %v; want 0", n, err)
+	}
+}
+
+// TestRemoveBlocklistPinsDetaches checks that removing the pins of a closed
+// blocklist also detaches its XDP link.
+func TestRemoveBlocklistPinsDetaches(t *testing.T) {
+	requireNetns(t)
+	n := newTestNet(t)
+	dir := testPinDir(t)
+	b, err := OpenBlocklist(BlocklistOptions{PinDir: dir, MaxExact: 64, MaxCIDR: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := inNetns(n.victNs, func() error {
+		_, err := b.Attach(n.vethV, AttachAuto)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Block(netip.PrefixFrom(n.srcBad, 32), 0, ReasonManual); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p := n.prober(t)
+	if e, _ := p.probe(n.srcBad, 2, 300*time.Millisecond); e != 0 {
+		t.Fatalf("closed blocklist stopped dropping: %d echo replies", e)
+	}
+	if err := RemoveBlocklistPins(dir); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := p.probe(n.srcBad, 2, 3*time.Second); e != 2 {
+		t.Errorf("after RemoveBlocklistPins: %d echo replies, want 2", e)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin dir after RemoveBlocklistPins: %v", err)
+	}
 }
