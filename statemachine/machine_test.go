@@ -227,7 +227,7 @@ func TestInitialStateIsNotStored(t *testing.T) {
 func TestEvictionAndIdleExpiry(t *testing.T) {
 	spec := seedSpec()
 	spec.MaxSessions = 2
-	spec.IdleTimeout = time.Minute
+	spec.IdleTimeout = 6 * time.Minute
 	login := func(tgid uint32, at time.Duration) *event.Event {
 		return step{tgid: tgid, at: at, kind: event.KindTCPEstablished, port: 9000}.event()
 	}
@@ -247,14 +247,14 @@ func TestEvictionAndIdleExpiry(t *testing.T) {
 		{
 			name:      "idle for exactly the timeout is kept",
 			logins:    []uint32{1, 2},
-			expireAt:  2*time.Second + time.Minute,
+			expireAt:  2*time.Second + 6*time.Minute,
 			wantState: map[uint32]State{1: unauth, 2: authd},
 			want:      Stats{Sessions: 1, Expired: 1},
 		},
 		{
 			name:      "idle for 1ns more is expired",
 			logins:    []uint32{1, 2},
-			expireAt:  2*time.Second + time.Minute + 1,
+			expireAt:  2*time.Second + 6*time.Minute + 1,
 			wantState: map[uint32]State{1: unauth, 2: unauth},
 			want:      Stats{Sessions: 0, Expired: 2},
 		},
@@ -305,6 +305,10 @@ func TestViolatingTransitionAndOrder(t *testing.T) {
 	}
 	ev := &event.Event{Timestamp: 1}
 	got := []Result{m.Step("k", ev), m.Step("k", ev)}
+	names := []string{m.TransitionName(got[0].Transition), m.TransitionName(got[1].Transition), m.TransitionName(-1), m.ForbiddenName(0), m.ForbiddenName(1)}
+	if diff := cmp.Diff([]string{"bad", "back", "", "off", ""}, names); diff != "" {
+		t.Errorf("names (-want +got):\n%s", diff)
+	}
 	want := []Result{
 		{Prev: 0, State: 1, Transition: 0, Forbidden: -1, Violation: true},
 		{Prev: 1, State: 0, Transition: 2, Forbidden: -1},
@@ -448,6 +452,23 @@ func TestValidate(t *testing.T) {
 				{Path: "forbidden[0].match", Msg: `forbidden 0 ("f"): no matcher`},
 				{Path: "idle_timeout", Msg: "must not be negative, got -1s"},
 			},
+		},
+		{
+			name: "idle timeout shorter than a timeout",
+			spec: base(func(s *Spec) {
+				s.Timeouts = []Timeout{{State: "b", After: time.Minute, To: "a"}}
+				s.IdleTimeout = time.Minute - 1
+			}),
+			want: []FieldError{
+				{Path: "idle_timeout", Msg: `59.999999999s is shorter than timeouts[0] (state "b", after 1m0s); make it 0 or at least 1m0s`},
+			},
+		},
+		{
+			name: "idle timeout equal to a timeout",
+			spec: base(func(s *Spec) {
+				s.Timeouts = []Timeout{{State: "b", After: time.Minute, To: "a"}}
+				s.IdleTimeout = time.Minute
+			}),
 		},
 	}
 	for _, tt := range tests {
