@@ -134,6 +134,7 @@ type distinctState struct {
 type dsMeta struct {
 	cnt     uint32
 	newest  uint64 // the key's own clock: newest timestamp seen
+	oldest  uint64 // the oldest last-seen time among the values held
 	alertAt uint64
 	alerted bool
 }
@@ -168,42 +169,53 @@ func (s *distinctState) value(ev *event.Event) dval {
 }
 
 // observe records v seen at ts and reports whether the key fires or is
-// suppressed. The window ends at the key's newest timestamp.
+// suppressed. The window ends at the key's newest timestamp. The common
+// case is one scan for v; values leaving the window are swept out only when
+// the oldest one has left it, and the oldest is looked for only when a new
+// value meets a full set.
 func (s *distinctState) observe(slot int32, v dval, ts uint64) (fire, suppressed bool) {
 	m := &s.meta[slot]
 	m.newest = max(m.newest, ts)
 	now := m.newest
 	ents := s.ents[int(slot)*s.n : int(slot+1)*s.n]
+	if m.cnt > 0 && now > m.oldest && now-m.oldest > s.window {
+		m.sweep(ents, now, s.window)
+	}
 	cnt := int(m.cnt)
-	found, oldest := -1, -1
-	for i := 0; i < cnt; {
-		e := &ents[i]
-		if now > e.ts && now-e.ts > s.window { // out of the window: drop
-			cnt--
-			ents[i] = ents[cnt]
-			continue
+	found := false
+	for i := range ents[:cnt] {
+		if ents[i].v == v {
+			found = true
+			ents[i].ts = max(ents[i].ts, ts)
+			break
 		}
-		if e.v == v {
-			found = i
-			if ts > e.ts {
-				e.ts = ts
-			}
-		}
-		if oldest < 0 || e.ts < ents[oldest].ts {
-			oldest = i
-		}
-		i++
 	}
 	switch {
-	case found >= 0:
+	case found:
 	case cnt < s.n:
 		ents[cnt] = dent{v, ts}
-		cnt++
-	case ts > ents[oldest].ts:
-		ents[oldest] = dent{v, ts}
+		m.cnt++
+		if cnt == 0 || ts < m.oldest {
+			m.oldest = ts
+		}
+	default:
+		// Full: the new value replaces the least recently seen one, unless
+		// it is older still (a late event).
+		o := 0
+		for i := range ents {
+			if ents[i].ts < ents[o].ts {
+				o = i
+			}
+		}
+		if ts > ents[o].ts {
+			ents[o] = dent{v, ts}
+		}
+		m.oldest = ents[0].ts
+		for i := range ents {
+			m.oldest = min(m.oldest, ents[i].ts)
+		}
 	}
-	m.cnt = uint32(cnt)
-	if cnt < s.n {
+	if int(m.cnt) < s.n {
 		return false, false
 	}
 	if m.alerted && now < m.alertAt+s.window {
@@ -211,6 +223,23 @@ func (s *distinctState) observe(slot int32, v dval, ts uint64) (fire, suppressed
 	}
 	m.alerted, m.alertAt = true, now
 	return true, false
+}
+
+// sweep drops values last seen outside the window ending at now and
+// recomputes oldest.
+func (m *dsMeta) sweep(ents []dent, now, window uint64) {
+	cnt := int(m.cnt)
+	m.oldest = ^uint64(0)
+	for i := 0; i < cnt; {
+		if now > ents[i].ts && now-ents[i].ts > window {
+			cnt--
+			ents[i] = ents[cnt]
+			continue
+		}
+		m.oldest = min(m.oldest, ents[i].ts)
+		i++
+	}
+	m.cnt = uint32(cnt)
 }
 
 // span returns the oldest sighting, the count and the values (rendered,
