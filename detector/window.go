@@ -46,9 +46,15 @@ func (s *thresholdState) ensure(slot int32) {
 
 func (s *thresholdState) reset(slot int32) { s.meta[slot] = thMeta{} }
 
+// at returns the i-th oldest timestamp of slot's ring (i < n). The ring
+// index wraps by subtraction: a division per access cost more than the
+// rest of observe.
 func (s *thresholdState) at(slot int32, i uint32) *uint64 {
-	m := &s.meta[slot]
-	return &s.ts[int(slot)*s.n+int((m.start+i)%uint32(s.n))]
+	j := s.meta[slot].start + i
+	if j >= uint32(s.n) {
+		j -= uint32(s.n)
+	}
+	return &s.ts[int(slot)*s.n+int(j)]
 }
 
 // observe adds ts to slot's ring and reports whether the key fires now, or
@@ -63,7 +69,9 @@ func (s *thresholdState) observe(slot int32, ts uint64) (fire, suppressed bool) 
 			m.cnt++
 		} else {
 			*s.at(slot, 0) = ts
-			m.start = (m.start + 1) % n
+			if m.start++; m.start == n {
+				m.start = 0
+			}
 		}
 	case m.cnt == n && ts <= *s.at(slot, 0):
 		// Older than every timestamp kept: the newest n are unchanged.
@@ -91,7 +99,9 @@ func (s *thresholdState) insertSorted(slot int32, ts uint64) {
 	m := &s.meta[slot]
 	n := uint32(s.n)
 	if m.cnt == n { // drop the oldest to make room
-		m.start = (m.start + 1) % n
+		if m.start++; m.start == n {
+			m.start = 0
+		}
 		m.cnt--
 	}
 	i := m.cnt
