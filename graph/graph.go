@@ -79,6 +79,12 @@ type edgeVal struct {
 // Edges count events per kind, so one TCP connection typically counts once
 // as tcp_attempt and once as tcp_established (and as connect).
 //
+// Ageing walks edges and nodes from the least recently observed, stopping at
+// the first one still within MaxAge. Events from different CPUs reach user
+// space slightly out of timestamp order, so an expired entry observed just
+// before a younger one waits behind it: it may outlive MaxAge by that
+// disorder (microseconds in practice), never by more.
+//
 // A Graph is not safe for concurrent use: the detector owns it and calls
 // Observe, Expire and Snapshot from one goroutine. Snapshot returns a deep
 // copy that other goroutines may then read or encode freely.

@@ -94,6 +94,24 @@ func (m *Machine[K]) StateName(s State) string {
 	return m.c.states[s]
 }
 
+// TransitionName returns the Name of Spec.Transitions[i], or "" when i is
+// out of range (as -1 in a Result is).
+func (m *Machine[K]) TransitionName(i int) string {
+	if i < 0 || i >= len(m.c.trans) {
+		return ""
+	}
+	return m.c.trans[i].Name
+}
+
+// ForbiddenName returns the Name of Spec.Forbidden[i], or "" when i is out of
+// range.
+func (m *Machine[K]) ForbiddenName(i int) string {
+	if i < 0 || i >= len(m.c.forbidden) {
+		return ""
+	}
+	return m.c.forbidden[i].Name
+}
+
 // Stats returns the machine's counters.
 func (m *Machine[K]) Stats() Stats {
 	return Stats{Sessions: m.sessions.Len(), Evicted: m.sessions.Evictions(), Expired: m.expired}

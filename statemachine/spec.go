@@ -54,8 +54,8 @@ type Spec struct {
 	MaxSessions int
 	// IdleTimeout removes a session not stepped for longer than this, which
 	// returns it to Initial. Zero means sessions leave only by eviction or by
-	// returning to Initial. It should exceed every Timeout, or an idle session
-	// would return to Initial before its timeout names another state.
+	// returning to Initial. It may not be shorter than any Timeout's After,
+	// or an idle session would return to Initial before the timeout fired.
 	IdleTimeout time.Duration
 }
 
@@ -176,10 +176,11 @@ func compile(s *Spec) (*compiled, error) {
 		what := fmt.Sprintf("timeout %d (state %q)", i, t.State)
 		st := lookup(p+".state", what+" state", t.State)
 		to := lookup(p+".to", what+" to", t.To)
-		if t.After <= 0 {
+		bad := t.After <= 0
+		if bad {
 			errs.Addf(p+".after", "%s: after must be positive, got %v", what, t.After)
 		}
-		if st == None || to == None {
+		if st == None || to == None || bad {
 			continue
 		}
 		if c.timeoutTo[st] != None {
@@ -205,6 +206,14 @@ func compile(s *Spec) (*compiled, error) {
 	}
 	if s.IdleTimeout < 0 {
 		errs.Addf("idle_timeout", "must not be negative, got %v", s.IdleTimeout)
+	}
+	for i, t := range s.Timeouts {
+		if s.IdleTimeout > 0 && t.After > s.IdleTimeout {
+			// An idle session would return to Initial before the timeout
+			// could fire, changing what the rule means.
+			errs.Addf("idle_timeout", "%v is shorter than timeouts[%d] (state %q, after %v); make it 0 or at least %v",
+				s.IdleTimeout, i, t.State, t.After, t.After)
+		}
 	}
 
 	if c.initial != None {
