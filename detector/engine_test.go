@@ -406,3 +406,38 @@ func TestDefaultFixtures(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentControl runs Reload, Stats, Rules, SetExtraAllowlist and
+// RecordLoss from other goroutines while events flow; the race detector
+// (go test -race) is the assertion, plus a sanity check of the counts.
+func TestConcurrentControl(t *testing.T) {
+	set, err := rules.Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(set, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := attackStream()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 5 {
+			if err := e.Reload(set); err != nil {
+				t.Error(err)
+			}
+			e.SetExtraAllowlist([]netip.Prefix{netip.MustParsePrefix(fmt.Sprintf("192.0.2.%d/32", i))})
+			_ = e.Stats()
+			_ = e.Rules()
+			e.RecordLoss(uint64(i), 1)
+		}
+	}()
+	for i := range evs {
+		e.Process(&evs[i])
+	}
+	<-done
+	if s := e.Stats(); s.Events != uint64(len(evs)) || s.LostEvents != 5 {
+		t.Errorf("events=%d lost=%d, want %d and 5", s.Events, s.LostEvents, len(evs))
+	}
+}

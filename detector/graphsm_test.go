@@ -174,7 +174,7 @@ rules:
 }
 
 func TestGraphExport(t *testing.T) {
-	e, _ := newEngine(t, compile(t, pivotRule), Options{})
+	e, _ := newEngine(t, compile(t, "settings: {graph: {enabled: true}}\n"+strings.TrimPrefix(pivotRule, "\n")), Options{})
 	e.Process(inbound(1e12, event.KindInboundAccept, "198.51.100.23:51000", 22))
 	e.Process(outbound(1e12+1, event.KindTCPAttempt, 9, "10.1.2.3:5432"))
 	var js, dot bytes.Buffer
@@ -198,7 +198,7 @@ func TestGraphExport(t *testing.T) {
 		t.Errorf("GraphDOT does not start a digraph:\n%s", dot.String())
 	}
 
-	off, _ := newEngine(t, compile(t, "settings: {graph: {enabled: false}}\n"+strings.TrimPrefix(pivotRule, "\n")), Options{})
+	off, _ := newEngine(t, compile(t, pivotRule), Options{}) // off by default
 	if err := off.GraphJSON(&js); err != ErrGraphDisabled {
 		t.Errorf("GraphJSON with the graph disabled: %v, want ErrGraphDisabled", err)
 	}

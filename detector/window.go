@@ -46,9 +46,15 @@ func (s *thresholdState) ensure(slot int32) {
 
 func (s *thresholdState) reset(slot int32) { s.meta[slot] = thMeta{} }
 
+// at returns the i-th oldest timestamp of slot's ring (i < n). The ring
+// index wraps by subtraction: a division per access cost more than the
+// rest of observe.
 func (s *thresholdState) at(slot int32, i uint32) *uint64 {
-	m := &s.meta[slot]
-	return &s.ts[int(slot)*s.n+int((m.start+i)%uint32(s.n))]
+	j := s.meta[slot].start + i
+	if j >= uint32(s.n) {
+		j -= uint32(s.n)
+	}
+	return &s.ts[int(slot)*s.n+int(j)]
 }
 
 // observe adds ts to slot's ring and reports whether the key fires now, or
@@ -63,7 +69,9 @@ func (s *thresholdState) observe(slot int32, ts uint64) (fire, suppressed bool) 
 			m.cnt++
 		} else {
 			*s.at(slot, 0) = ts
-			m.start = (m.start + 1) % n
+			if m.start++; m.start == n {
+				m.start = 0
+			}
 		}
 	case m.cnt == n && ts <= *s.at(slot, 0):
 		// Older than every timestamp kept: the newest n are unchanged.
@@ -91,7 +99,9 @@ func (s *thresholdState) insertSorted(slot int32, ts uint64) {
 	m := &s.meta[slot]
 	n := uint32(s.n)
 	if m.cnt == n { // drop the oldest to make room
-		m.start = (m.start + 1) % n
+		if m.start++; m.start == n {
+			m.start = 0
+		}
 		m.cnt--
 	}
 	i := m.cnt
@@ -134,6 +144,7 @@ type distinctState struct {
 type dsMeta struct {
 	cnt     uint32
 	newest  uint64 // the key's own clock: newest timestamp seen
+	oldest  uint64 // the oldest last-seen time among the values held
 	alertAt uint64
 	alerted bool
 }
@@ -168,42 +179,53 @@ func (s *distinctState) value(ev *event.Event) dval {
 }
 
 // observe records v seen at ts and reports whether the key fires or is
-// suppressed. The window ends at the key's newest timestamp.
+// suppressed. The window ends at the key's newest timestamp. The common
+// case is one scan for v; values leaving the window are swept out only when
+// the oldest one has left it, and the oldest is looked for only when a new
+// value meets a full set.
 func (s *distinctState) observe(slot int32, v dval, ts uint64) (fire, suppressed bool) {
 	m := &s.meta[slot]
 	m.newest = max(m.newest, ts)
 	now := m.newest
 	ents := s.ents[int(slot)*s.n : int(slot+1)*s.n]
+	if m.cnt > 0 && now > m.oldest && now-m.oldest > s.window {
+		m.sweep(ents, now, s.window)
+	}
 	cnt := int(m.cnt)
-	found, oldest := -1, -1
-	for i := 0; i < cnt; {
-		e := &ents[i]
-		if now > e.ts && now-e.ts > s.window { // out of the window: drop
-			cnt--
-			ents[i] = ents[cnt]
-			continue
+	found := false
+	for i := range ents[:cnt] {
+		if ents[i].v == v {
+			found = true
+			ents[i].ts = max(ents[i].ts, ts)
+			break
 		}
-		if e.v == v {
-			found = i
-			if ts > e.ts {
-				e.ts = ts
-			}
-		}
-		if oldest < 0 || e.ts < ents[oldest].ts {
-			oldest = i
-		}
-		i++
 	}
 	switch {
-	case found >= 0:
+	case found:
 	case cnt < s.n:
 		ents[cnt] = dent{v, ts}
-		cnt++
-	case ts > ents[oldest].ts:
-		ents[oldest] = dent{v, ts}
+		m.cnt++
+		if cnt == 0 || ts < m.oldest {
+			m.oldest = ts
+		}
+	default:
+		// Full: the new value replaces the least recently seen one, unless
+		// it is older still (a late event).
+		o := 0
+		for i := range ents {
+			if ents[i].ts < ents[o].ts {
+				o = i
+			}
+		}
+		if ts > ents[o].ts {
+			ents[o] = dent{v, ts}
+		}
+		m.oldest = ents[0].ts
+		for i := range ents {
+			m.oldest = min(m.oldest, ents[i].ts)
+		}
 	}
-	m.cnt = uint32(cnt)
-	if cnt < s.n {
+	if int(m.cnt) < s.n {
 		return false, false
 	}
 	if m.alerted && now < m.alertAt+s.window {
@@ -211,6 +233,23 @@ func (s *distinctState) observe(slot int32, v dval, ts uint64) (fire, suppressed
 	}
 	m.alerted, m.alertAt = true, now
 	return true, false
+}
+
+// sweep drops values last seen outside the window ending at now and
+// recomputes oldest.
+func (m *dsMeta) sweep(ents []dent, now, window uint64) {
+	cnt := int(m.cnt)
+	m.oldest = ^uint64(0)
+	for i := 0; i < cnt; {
+		if now > ents[i].ts && now-ents[i].ts > window {
+			cnt--
+			ents[i] = ents[cnt]
+			continue
+		}
+		m.oldest = min(m.oldest, ents[i].ts)
+		i++
+	}
+	m.cnt = uint32(cnt)
 }
 
 // span returns the oldest sighting, the count and the values (rendered,

@@ -202,3 +202,27 @@ rules:
 		t.Error("a changed list must change the state key")
 	}
 }
+
+func TestCommSetLong(t *testing.T) {
+	// More than 8 exact names take the map path; prefixes the fast path.
+	s := newCommSet([]string{"a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8", "a9", "curl", "fire*", "*-bin", "x?z"})
+	if s.exactMap == nil {
+		t.Fatal("a long exact list should use a map")
+	}
+	tests := []struct {
+		comm string
+		want bool
+	}{
+		{"curl", true}, {"a9", true}, {"a10", false}, {"firefox", true}, {"fire", true},
+		{"fir", false}, {"foo-bin", true}, {"xyz", true}, {"xz", false}, {"", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.comm, func(t *testing.T) {
+			var c [event.CommLen]byte
+			copy(c[:], tt.comm)
+			if got := s.Match(&c); got != tt.want {
+				t.Errorf("Match(%q) = %v, want %v", tt.comm, got, tt.want)
+			}
+		})
+	}
+}

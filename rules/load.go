@@ -75,7 +75,9 @@ var DefaultSettings = Settings{
 	BlockBurst:      20,
 	MaxActiveBlocks: 10000,
 	MaxKeysPerRule:  16384,
-	Graph:           GraphSettings{Enabled: true, MaxNodes: 4096, MaxEdges: 16384, MaxAge: time.Hour},
+	// The flow graph is off by default: it costs more per event than the
+	// whole default pack (see detector's BenchmarkProcess/graph).
+	Graph: GraphSettings{Enabled: false, MaxNodes: 4096, MaxEdges: 16384, MaxAge: time.Hour},
 }
 
 // ListKind says what a named list holds.

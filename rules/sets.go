@@ -211,6 +211,8 @@ func (s *PrefixSet) String() string {
 // never allocates.
 type CommSet struct {
 	exact    [][event.CommLen]byte
+	exactMap map[[event.CommLen]byte]struct{} // exact, when it is long
+	prefixes []string                         // globs of the form "abc*"
 	globs    []string
 	patterns []string // as written, sorted, for String
 }
@@ -223,7 +225,11 @@ func newCommSet(patterns []string) *CommSet {
 		}
 		s.patterns = append(s.patterns, p)
 		if strings.ContainsAny(p, "*?") {
-			s.globs = append(s.globs, p)
+			if pre, ok := strings.CutSuffix(p, "*"); ok && !strings.ContainsAny(pre, "*?") {
+				s.prefixes = append(s.prefixes, pre)
+			} else {
+				s.globs = append(s.globs, p)
+			}
 			continue
 		}
 		var b [event.CommLen]byte
@@ -231,17 +237,29 @@ func newCommSet(patterns []string) *CommSet {
 		s.exact = append(s.exact, b)
 	}
 	slices.Sort(s.patterns)
+	if len(s.exact) > 8 { // a map lookup beats a long run of 16-byte compares
+		s.exactMap = make(map[[event.CommLen]byte]struct{}, len(s.exact))
+		for _, e := range s.exact {
+			s.exactMap[e] = struct{}{}
+		}
+	}
 	return s
 }
 
 // Match reports whether comm (NUL padded, as in event.Event.Comm) is in the set.
 func (s *CommSet) Match(comm *[event.CommLen]byte) bool {
-	for i := range s.exact {
-		if s.exact[i] == *comm {
+	if s.exactMap != nil {
+		if _, ok := s.exactMap[*comm]; ok {
 			return true
 		}
+	} else {
+		for i := range s.exact {
+			if s.exact[i] == *comm {
+				return true
+			}
+		}
 	}
-	if len(s.globs) == 0 {
+	if len(s.globs) == 0 && len(s.prefixes) == 0 {
 		return false
 	}
 	n := 0
@@ -249,6 +267,11 @@ func (s *CommSet) Match(comm *[event.CommLen]byte) bool {
 		n++
 	}
 	name := comm[:n]
+	for _, p := range s.prefixes {
+		if len(name) >= len(p) && string(name[:len(p)]) == p {
+			return true
+		}
+	}
 	for _, g := range s.globs {
 		if globMatch(g, name) {
 			return true
