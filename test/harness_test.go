@@ -371,3 +371,13 @@ func requireKernel(t *testing.T) *topology.Topology {
 	kerneltest.Require(t)
 	return topology.New(t)
 }
+
+// startDefault starts the agent on the embedded default rules.
+func (a *agentProc) startDefault(extra ...string) {
+	a.t.Helper()
+	a.start(append([]string{"--rules="}, extra...)...)
+}
+
+func netDialTCP(dst netip.AddrPort, timeout time.Duration) (net.Conn, error) {
+	return net.DialTimeout("tcp", dst.String(), timeout)
+}

@@ -161,3 +161,43 @@ func (h *Host) Do(fn func() error) error {
 	}()
 	return <-errc
 }
+
+// PinNeighbors installs permanent neighbour (ARP/NDP) entries between the
+// attacker and the victim, so that no address resolution packets cross their
+// link and packet counters count exactly what a test sends.
+func (top *Topology) PinNeighbors() error {
+	mac := func(h *Host, ifname string) (string, error) {
+		out, err := exec.Command("ip", "-n", h.Name, "-br", "link", "show", ifname).Output()
+		if err != nil {
+			return "", fmt.Errorf("link %s in %s: %w", ifname, h.Name, err)
+		}
+		f := strings.Fields(string(out))
+		if len(f) < 3 {
+			return "", fmt.Errorf("link %s in %s: unexpected %q", ifname, h.Name, out)
+		}
+		return f[2], nil
+	}
+	am, err := mac(top.Attacker, top.Attacker.IfName)
+	if err != nil {
+		return err
+	}
+	vm, err := mac(top.Victim, top.Victim.IfName)
+	if err != nil {
+		return err
+	}
+	for _, n := range []struct {
+		h          *Host
+		ifname, ll string
+		addrs      []netip.Addr
+	}{
+		{top.Attacker, top.Attacker.IfName, vm, []netip.Addr{top.Victim.IPv4, top.Victim.IPv6}},
+		{top.Victim, top.Victim.IfName, am, []netip.Addr{top.Attacker.IPv4, top.Attacker.IPv6}},
+	} {
+		for _, a := range n.addrs {
+			if err := run("ip", "-n", n.h.Name, "neigh", "replace", a.String(), "lladdr", n.ll, "dev", n.ifname, "nud", "permanent"); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
