@@ -30,6 +30,11 @@ import (
 var agentBin string
 
 func TestMain(m *testing.M) {
+	// Re-executed as a helper process (a service or client with its own pid
+	// and comm, "test.test") inside a test namespace.
+	if h := os.Getenv("CW_HELPER"); h != "" {
+		os.Exit(runHelper(h))
+	}
 	dir, err := os.MkdirTemp("", "connwarden-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -345,8 +350,8 @@ func serve(t *testing.T, h *topology.Host, ip netip.Addr, port uint16) netip.Add
 	return netip.MustParseAddrPort(ln.Addr().String())
 }
 
-// dial makes n connections from h to dst, each with timeout; it returns how
-// many connected.
+// dial makes n connections from h to dst, each with timeout, and resets each
+// at once; it returns how many connected.
 func dial(t *testing.T, h *topology.Host, dst netip.AddrPort, n int, timeout time.Duration) int {
 	t.Helper()
 	ok := 0
@@ -355,6 +360,9 @@ func dial(t *testing.T, h *topology.Host, dst netip.AddrPort, n int, timeout tim
 			c, err := net.DialTimeout("tcp", dst.String(), timeout)
 			if err == nil {
 				ok++
+				// Close with a RST: a FIN could race a block and be
+				// retransmitted for minutes, muddling packet counts.
+				c.(*net.TCPConn).SetLinger(0)
 				c.Close()
 			}
 		}
