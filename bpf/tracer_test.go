@@ -542,3 +542,37 @@ func loadAttemptProgram(t *testing.T, h AttemptHook) error {
 	}
 	return prog.Close()
 }
+
+// TestTracerNonBlockingConnect checks the asynchronous path: connect()
+// returns -EINPROGRESS, and the outcome arrives later as an established
+// handshake carrying the process recorded at the attempt.
+func TestTracerNonBlockingConnect(t *testing.T) {
+	tr := newTestTracer(t, TracerOptions{})
+	c := collect(t, tr)
+	server := listen(t, loopback6)
+
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	fd, local := boundSocket(t, loopback6)
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.SetNonblock(fd, true); err != nil {
+		t.Fatal(err)
+	}
+	tid := uint32(unix.Gettid())
+	if err := unix.Connect(fd, sockaddr(server)); !errors.Is(err, unix.EINPROGRESS) {
+		t.Fatalf("non-blocking connect: %v, want EINPROGRESS", err)
+	}
+
+	connect := c.waitFor(t, "connect", func(ev *event.Event) bool {
+		return ev.Kind == event.KindConnect && ev.PID == tid && ev.Remote == server
+	})
+	if connect.Result != -event.EINPROGRESS || connect.Outcome() != event.OutcomePending {
+		t.Errorf("connect result %d (%s), want %d (pending)", connect.Result, connect.Outcome(), -event.EINPROGRESS)
+	}
+	est := c.waitFor(t, "tcp_established", func(ev *event.Event) bool {
+		return ev.Kind == event.KindTCPEstablished && ev.Local == local && ev.Remote == server
+	})
+	if est.PID != tid || est.TGID != uint32(os.Getpid()) || est.Outcome() != event.OutcomeSuccess {
+		t.Errorf("established event %+v, want pid %d tgid %d", est, tid, os.Getpid())
+	}
+}
