@@ -110,7 +110,8 @@ struct proc_stats {
 
 /*
  * events: the ring buffer of struct event.
- * Producers: every program here (emit). Consumer: Go, Tracer.Read.
+ * Producers: every program here (reserve, submit). Consumer: Go,
+ * Tracer.Read, which frees records by reading them.
  * Size set from Go before load (TracerOptions.RingBufferBytes).
  */
 struct {
