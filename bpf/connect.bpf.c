@@ -110,7 +110,8 @@ struct proc_stats {
 
 /*
  * events: the ring buffer of struct event.
- * Producers: every program here (emit). Consumer: Go, Tracer.Read.
+ * Producers: every program here (reserve, submit). Consumer: Go,
+ * Tracer.Read, which frees records by reading them.
  * Size set from Go before load (TracerOptions.RingBufferBytes).
  */
 struct {
@@ -189,8 +190,9 @@ static __always_inline bool excluded(__u32 tgid)
 	return exclude_tgid != 0 && tgid == exclude_tgid;
 }
 
-/* reserve returns a zeroed record, or NULL after counting the loss. */
-static __always_inline struct event *reserve(void)
+/* reserve returns a zeroed record stamped now (bpf_ktime_get_ns), or NULL
+ * after counting the loss. */
+static __always_inline struct event *reserve(__u64 now)
 {
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -201,7 +203,7 @@ static __always_inline struct event *reserve(void)
 		return NULL;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
-	e->ts = bpf_ktime_get_ns();
+	e->ts = now;
 	return e;
 }
 
@@ -294,9 +296,10 @@ static __always_inline int on_tcp_connect(struct sock *sk)
 	current_proc(&p, bpf_get_current_pid_tgid());
 	if (excluded(p.tgid))
 		return 0;
-	record_attempt((__u64)sk, &p, bpf_ktime_get_ns());
+	__u64 now = bpf_ktime_get_ns();
+	record_attempt((__u64)sk, &p, now);
 
-	struct event *e = reserve();
+	struct event *e = reserve(now);
 	if (!e)
 		return 0;
 	e->family = family;
@@ -368,7 +371,7 @@ int tp_exit_connect(struct tp_sys_exit_connect *ctx)
 	if (!a)
 		return 0;
 
-	struct event *e = reserve();
+	struct event *e = reserve(bpf_ktime_get_ns());
 	if (e) {
 		struct proc_info p = {};
 		current_proc(&p, id);
@@ -409,7 +412,8 @@ static __always_inline void state_addrs(struct event *e, struct tp_inet_sock_set
 static __always_inline void on_outcome(struct tp_inet_sock_set_state *ctx, __u16 family,
 				       __u64 sk, const struct proc_info *p, int newstate)
 {
-	struct event *e = reserve();
+	__u64 now = bpf_ktime_get_ns();
+	struct event *e = reserve(now);
 	if (e) {
 		state_addrs(e, ctx, family);
 		set_proc(e, p);
@@ -426,7 +430,7 @@ static __always_inline void on_outcome(struct tp_inet_sock_set_state *ctx, __u16
 		struct proc_stats *s = stats_of(p->tgid);
 		if (s) {
 			__sync_fetch_and_add(&s->failures, 1);
-			s->last_seen = bpf_ktime_get_ns();
+			s->last_seen = now;
 		}
 	}
 	if (e)
@@ -452,8 +456,9 @@ int tp_sock_set_state(struct tp_inet_sock_set_state *ctx)
 		current_proc(&p, bpf_get_current_pid_tgid());
 		if (excluded(p.tgid))
 			return 0;
-		record_attempt(sk, &p, bpf_ktime_get_ns());
-		struct event *e = reserve();
+		__u64 now = bpf_ktime_get_ns();
+		record_attempt(sk, &p, now);
+		struct event *e = reserve(now);
 		if (!e)
 			return 0;
 		/* The source port is 0 unless bound: the kernel picks it next. */
@@ -484,7 +489,7 @@ int tp_sock_set_state(struct tp_inet_sock_set_state *ctx)
 	 * before the tracer or by the excluded process, which we do not report. */
 	if (oldstate != TCP_SYN_RECV || newstate != TCP_ESTABLISHED)
 		return 0;
-	struct event *e = reserve();
+	struct event *e = reserve(bpf_ktime_get_ns());
 	if (!e)
 		return 0;
 	state_addrs(e, ctx, family);
@@ -498,16 +503,17 @@ int tp_sock_set_state(struct tp_inet_sock_set_state *ctx)
 SEC("tracepoint/tcp/tcp_send_reset")
 int tp_send_reset(struct tp_tcp_send_reset *ctx)
 {
-	/* sockaddr_in: family 0, port 2, addr 4; sockaddr_in6: addr 8. */
-	__u8 src[24], dst[24];
-	if (bpf_probe_read_kernel(src, sizeof(src), ctx->saddr) ||
-	    bpf_probe_read_kernel(dst, sizeof(dst), ctx->daddr))
+	/* saddr and daddr are adjacent: one read for both. In each,
+	 * sockaddr_in: family 0, port 2, addr 4; sockaddr_in6: addr 8. */
+	__u8 sa[sizeof(ctx->saddr) + sizeof(ctx->daddr)];
+	if (bpf_probe_read_kernel(sa, sizeof(sa), ctx->saddr))
 		return 0;
+	const __u8 *src = sa, *dst = sa + sizeof(ctx->saddr);
 	__u16 family = *(__u16 *)src;
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
 
-	struct event *e = reserve();
+	struct event *e = reserve(bpf_ktime_get_ns());
 	if (!e)
 		return 0;
 	e->kind = KIND_RESET_SENT;

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"go.uber.org/zap"
@@ -133,20 +134,36 @@ func TestTracerConnect(t *testing.T) {
 
 // TestTracerHooks checks that the tracer picks the best TCP attempt hook the
 // kernel accepts, reports why each better one was refused, and says so once in
-// the log. On a kernel without kprobes and trampolines (our CI machines) that
-// is the socket state tracepoint.
+// the log. On our machines (no kprobes, no trampolines) that must be the
+// socket state tracepoint, with the kprobe refused for a missing kprobe
+// interface and fentry for EPERM.
 func TestTracerHooks(t *testing.T) {
 	core, logs := observer.New(zapcore.InfoLevel)
 	tr := newTestTracer(t, TracerOptions{Logger: zap.New(core)})
 	r := tr.Hooks()
 
+	// Which hook should win, found out independently: kprobes exist when the
+	// kernel offers an interface for them; fentry when its program loads.
 	kprobes := tracefsHasKprobes()
-	if !kprobes && r.Attempt == HookKprobe {
-		t.Errorf("attempt hook %s on a kernel without kprobes", r.Attempt)
+	fentryErr := loadAttemptProgram(t, HookFentry)
+	want := HookTracepoint
+	switch {
+	case kprobes:
+		want = HookKprobe
+	case fentryErr == nil:
+		want = HookFentry
 	}
-	if !kprobes && r.Attempt == HookTracepoint {
-		t.Logf("tracepoint fallback chosen: %s", r)
+	if r.Attempt != want {
+		t.Errorf("attempt hook %s, want %s (kprobes: %v, fentry load: %v): %s", r.Attempt, want, kprobes, fentryErr, r)
 	}
+	// Our machines (KERNEL.md): no kprobe_events, trampolines refused with
+	// EPERM, so the tracepoint carries attempts and both refusals say why.
+	if !kprobes && errors.Is(fentryErr, syscall.EPERM) {
+		if len(r.Refused) != 2 || !errors.Is(r.Refused[0].Err, os.ErrNotExist) || !errors.Is(r.Refused[1].Err, syscall.EPERM) {
+			t.Errorf("refusals %v, want kprobe with os.ErrNotExist and fentry with EPERM", r.Refused)
+		}
+	}
+
 	// Every hook ranked above the chosen one is refused, in order, with a reason.
 	var wantRefused []AttemptHook
 	for _, h := range attemptHooks {
@@ -160,9 +177,6 @@ func TestTracerHooks(t *testing.T) {
 		gotRefused = append(gotRefused, ref.Hook)
 		if ref.Err == nil {
 			t.Errorf("%s refused without a reason", ref.Hook)
-		}
-		if ref.Hook == HookKprobe && !kprobes && !errors.Is(ref.Err, os.ErrNotExist) {
-			t.Errorf("kprobe refusal %v, want os.ErrNotExist on a kernel without kprobes", ref.Err)
 		}
 	}
 	if diff := cmp.Diff(wantRefused, gotRefused); diff != "" {
@@ -197,29 +211,6 @@ func TestTracerHooks(t *testing.T) {
 		if _, ok := fields[ref.Hook.String()+" refused"]; !ok {
 			t.Errorf("log entry lacks the %s refusal: %v", ref.Hook, fields)
 		}
-	}
-}
-
-// TestTracerHooksThisKernel pins down what KERNEL.md measured on the project's
-// machines: no kprobes, no trampolines, so the tracepoint carries attempts.
-func TestTracerHooksThisKernel(t *testing.T) {
-	kerneltest.Require(t)
-	if tracefsHasKprobes() {
-		t.Skip("this kernel has kprobes; TestTracerHooks covers the choice")
-	}
-	tr := newTestTracer(t, TracerOptions{})
-	r := tr.Hooks()
-	if r.Attempt != HookTracepoint {
-		t.Fatalf("attempt hook %s, want %s: %s", r.Attempt, HookTracepoint, r)
-	}
-	if len(r.Refused) != 2 {
-		t.Fatalf("refusals %v, want kprobe and fentry", r.Refused)
-	}
-	if !errors.Is(r.Refused[0].Err, os.ErrNotExist) {
-		t.Errorf("kprobe refused with %v, want os.ErrNotExist", r.Refused[0].Err)
-	}
-	if !errors.Is(r.Refused[1].Err, syscall.EPERM) {
-		t.Logf("fentry refused with %v (EPERM on the measured machines)", r.Refused[1].Err)
 	}
 }
 
@@ -502,6 +493,23 @@ func TestTracerConnectTimeout(t *testing.T) {
 // trampolines to load at all; where the kernel refuses it, that is logged.
 func TestAttemptHookProgramsVerify(t *testing.T) {
 	kerneltest.Require(t)
+	if err := loadAttemptProgram(t, HookKprobe); err != nil {
+		t.Errorf("load kprobe program: %v", err)
+	}
+	switch err := loadAttemptProgram(t, HookFentry); {
+	case err == nil:
+	case errors.Is(err, syscall.EPERM):
+		t.Logf("fentry program not loadable here: %v", err)
+	default:
+		t.Errorf("load fentry program: %v", err)
+	}
+}
+
+// loadAttemptProgram loads one tcp_connect program set (kprobe or fentry)
+// as NewTracer does, against freshly loaded maps, without attaching it, and
+// closes it again. It returns the load error.
+func loadAttemptProgram(t *testing.T, h AttemptHook) error {
+	t.Helper()
 	spec, err := loadConnect()
 	if err != nil {
 		t.Fatal(err)
@@ -511,25 +519,60 @@ func TestAttemptHookProgramsVerify(t *testing.T) {
 	if err := spec.LoadAndAssign(&maps, nil); err != nil {
 		t.Fatalf("load maps: %v", err)
 	}
-	t.Cleanup(func() { maps.Close() })
+	defer maps.Close()
 	shared, err := sharedMaps(spec, &maps)
 	if err != nil {
 		t.Fatal(err)
 	}
-
-	var kp kprobeSet
-	if err := spec.LoadAndAssign(&kp, shared); err != nil {
-		t.Fatalf("load kprobe program: %v", err)
-	}
-	kp.Prog.Close()
-
-	var fe fentrySet
-	switch err := spec.LoadAndAssign(&fe, shared); {
-	case err == nil:
-		fe.Prog.Close()
-	case errors.Is(err, syscall.EPERM):
-		t.Logf("fentry program not loadable here: %v", err)
+	var prog *ebpf.Program
+	switch h {
+	case HookKprobe:
+		var set kprobeSet
+		err = spec.LoadAndAssign(&set, shared)
+		prog = set.Prog
+	case HookFentry:
+		var set fentrySet
+		err = spec.LoadAndAssign(&set, shared)
+		prog = set.Prog
 	default:
-		t.Errorf("load fentry program: %v", err)
+		t.Fatalf("%s has no program of its own", h)
+	}
+	if err != nil {
+		return err
+	}
+	return prog.Close()
+}
+
+// TestTracerNonBlockingConnect checks the asynchronous path: connect()
+// returns -EINPROGRESS, and the outcome arrives later as an established
+// handshake carrying the process recorded at the attempt.
+func TestTracerNonBlockingConnect(t *testing.T) {
+	tr := newTestTracer(t, TracerOptions{})
+	c := collect(t, tr)
+	server := listen(t, loopback6)
+
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	fd, local := boundSocket(t, loopback6)
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.SetNonblock(fd, true); err != nil {
+		t.Fatal(err)
+	}
+	tid := uint32(unix.Gettid())
+	if err := unix.Connect(fd, sockaddr(server)); !errors.Is(err, unix.EINPROGRESS) {
+		t.Fatalf("non-blocking connect: %v, want EINPROGRESS", err)
+	}
+
+	connect := c.waitFor(t, "connect", func(ev *event.Event) bool {
+		return ev.Kind == event.KindConnect && ev.PID == tid && ev.Remote == server
+	})
+	if connect.Result != -event.EINPROGRESS || connect.Outcome() != event.OutcomePending {
+		t.Errorf("connect result %d (%s), want %d (pending)", connect.Result, connect.Outcome(), -event.EINPROGRESS)
+	}
+	est := c.waitFor(t, "tcp_established", func(ev *event.Event) bool {
+		return ev.Kind == event.KindTCPEstablished && ev.Local == local && ev.Remote == server
+	})
+	if est.PID != tid || est.TGID != uint32(os.Getpid()) || est.Outcome() != event.OutcomeSuccess {
+		t.Errorf("established event %+v, want pid %d tgid %d", est, tid, os.Getpid())
 	}
 }
