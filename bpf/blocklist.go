@@ -18,8 +18,10 @@ var (
 	ErrNotBlocked = errors.New("not blocked")
 	// ErrNotAllowed: Disallow of a prefix that is not on the allowlist.
 	ErrNotAllowed = errors.New("not allowlisted")
-	// ErrInvalidPrefix: a zero, malformed or zoned prefix, or a negative TTL.
+	// ErrInvalidPrefix: a zero or malformed prefix or address.
 	ErrInvalidPrefix = errors.New("invalid prefix")
+	// ErrInvalidTTL: a negative TTL.
+	ErrInvalidTTL = errors.New("invalid ttl")
 	// ErrIncompatiblePin: a map pinned by another build of connwarden does not
 	// match this build's layout. RemoveBlocklistPins clears the way (and the
 	// entries).
@@ -285,12 +287,11 @@ func (b *Blocklist) Remove() error {
 	}
 	var errs []error
 	for key, e := range b.egress {
-		errs = append(errs, e.unpin())
-		errs = append(errs, e.close())
+		errs = append(errs, e.detach(), e.unpin(), e.close())
 		delete(b.egress, key)
 	}
 	for name, a := range b.links {
-		errs = append(errs, a.link.Unpin(), a.link.Close())
+		errs = append(errs, unlink(a.link))
 		delete(b.links, name)
 	}
 	for _, m := range b.maps() {

@@ -123,7 +123,7 @@ func (b *Blocklist) Detach(ifname string) error {
 		return fmt.Errorf("detach xdp %s: %w", ifname, ErrNotAttached)
 	}
 	delete(b.links, ifname)
-	if err := errors.Join(a.link.Unpin(), a.link.Close()); err != nil {
+	if err := unlink(a.link); err != nil {
 		return fmt.Errorf("detach xdp %s: %w", ifname, err)
 	}
 	b.log.Info("detached xdp blocklist", zap.String("interface", ifname))
@@ -165,6 +165,33 @@ func (e *egressAttachment) unpin() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// detach detaches both links now (see unlink).
+func (e *egressAttachment) detach() error {
+	var errs []error
+	for _, l := range []link.Link{e.v6, e.v4} {
+		if l != nil {
+			errs = append(errs, detachNow(l))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// detachNow detaches l from its hook at once. Dropping the last reference
+// would detach it too, but when that reference is a pin, the kernel releases
+// it from a work queue after the unlink returns; the caller of Detach or
+// Remove expects the program gone when the call returns.
+func detachNow(l link.Link) error {
+	if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+		return err
+	}
+	return nil
+}
+
+// unlink detaches l, removes its pin and closes it.
+func unlink(l link.Link) error {
+	return errors.Join(detachNow(l), l.Unpin(), l.Close())
 }
 
 // cgroupID returns the id of the cgroup v2 directory path (its inode number).
@@ -265,7 +292,7 @@ func (b *Blocklist) DisableEgress(cgroupPath string) error {
 		return fmt.Errorf("disable egress %s: %w", cgroupPath, ErrNotAttached)
 	}
 	delete(b.egress, id)
-	if err := errors.Join(e.unpin(), e.close()); err != nil {
+	if err := errors.Join(e.detach(), e.unpin(), e.close()); err != nil {
 		return fmt.Errorf("disable egress %s: %w", cgroupPath, err)
 	}
 	return nil

@@ -215,6 +215,19 @@ func (p *prober) probe(src netip.Addr, count int, wait time.Duration) (echoes, r
 	return len(seenEcho), len(seenRST)
 }
 
+// passesWithin probes from src, one echo and one SYN at a time, until both
+// are answered or the timeout passes. For after a link was unpinned: the
+// kernel releases the last reference, and so detaches, asynchronously.
+func (p *prober) passesWithin(src netip.Addr, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if e, r := p.probe(src, 1, 100*time.Millisecond); e == 1 && r == 1 {
+			return true
+		}
+	}
+	return false
+}
+
 // TestXDPNetns drops a blocked source's real traffic on a veth in a network
 // namespace, lets another source through, and restores traffic on Unblock.
 func TestXDPNetns(t *testing.T) {
