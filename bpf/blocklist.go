@@ -126,8 +126,18 @@ type Stats struct {
 }
 
 // Blocklist is the shared XDP blocklist: pinned maps, the XDP program and its
-// pinned links, and optionally cgroup connect programs for egress. Its methods
-// are safe for concurrent use.
+// pinned links, and optionally cgroup connect programs for egress.
+//
+// The kernel state outlives the process: OpenBlocklist adopts what an
+// earlier agent pinned (see the layout in pin.go), Close lets go of it with
+// filtering still in force, and only Remove (or RemoveBlocklistPins) takes
+// it down. Source addresses are judged by an exact entry first, then the
+// longest live CIDR entry; expired entries are ignored until GC deletes
+// them; the allowlist overrides every block.
+//
+// Its methods are safe for concurrent use. One process should write a given
+// pin directory at a time: the per-/16 summaries are kept in step with the
+// tries by counts held in this process.
 type Blocklist struct {
 	log    *zap.Logger
 	layout pinLayout

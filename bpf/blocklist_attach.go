@@ -76,10 +76,20 @@ func (b *Blocklist) Attach(ifname string, mode AttachMode) (AttachMode, error) {
 		return 0, fmt.Errorf("attach xdp %s: %w", ifname, ErrClosed)
 	}
 	if a, ok := b.links[ifname]; ok {
-		if mode != AttachAuto && a.mode != AttachUnknown && a.mode != mode {
-			return 0, fmt.Errorf("attach xdp %s: already attached in %s mode", ifname, a.mode)
+		if info, err := a.link.Info(); err == nil && info.XDP().Ifindex == 0 {
+			// The interface went away (and perhaps came back): the kernel
+			// detached the link. Forget it and attach afresh.
+			b.log.Info("replacing xdp link of a vanished interface", zap.String("interface", ifname))
+			delete(b.links, ifname)
+			if err := unlink(a.link); err != nil {
+				return 0, fmt.Errorf("attach xdp %s: drop stale link: %w", ifname, err)
+			}
+		} else {
+			if mode != AttachAuto && a.mode != AttachUnknown && a.mode != mode {
+				return 0, fmt.Errorf("attach xdp %s: already attached in %s mode", ifname, a.mode)
+			}
+			return a.mode, nil
 		}
-		return a.mode, nil
 	}
 
 	iface, err := net.InterfaceByName(ifname)
