@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -318,7 +319,7 @@ func (b *Blocklist) adoptLinks() error {
 	}
 	for _, ent := range ents {
 		name := ent.Name()
-		path := b.layout.linksDir() + "/" + name
+		path := filepath.Join(b.layout.linksDir(), name)
 		switch {
 		case strings.HasPrefix(name, xdpLinkPrefix):
 			if err := b.adoptXDP(path, strings.TrimPrefix(name, xdpLinkPrefix)); err != nil {
