@@ -18,8 +18,10 @@ var (
 	ErrNotBlocked = errors.New("not blocked")
 	// ErrNotAllowed: Disallow of a prefix that is not on the allowlist.
 	ErrNotAllowed = errors.New("not allowlisted")
-	// ErrInvalidPrefix: a zero, malformed or zoned prefix, or a negative TTL.
+	// ErrInvalidPrefix: a zero or malformed prefix or address.
 	ErrInvalidPrefix = errors.New("invalid prefix")
+	// ErrInvalidTTL: a negative TTL.
+	ErrInvalidTTL = errors.New("invalid ttl")
 	// ErrIncompatiblePin: a map pinned by another build of connwarden does not
 	// match this build's layout. RemoveBlocklistPins clears the way (and the
 	// entries).
@@ -122,8 +124,18 @@ type Stats struct {
 }
 
 // Blocklist is the shared XDP blocklist: pinned maps, the XDP program and its
-// pinned links, and optionally cgroup connect programs for egress. Its methods
-// are safe for concurrent use.
+// pinned links, and optionally cgroup connect programs for egress.
+//
+// The kernel state outlives the process: OpenBlocklist adopts what an
+// earlier agent pinned (see the layout in pin.go), Close lets go of it with
+// filtering still in force, and only Remove (or RemoveBlocklistPins) takes
+// it down. Source addresses are judged by an exact entry first, then the
+// longest live CIDR entry; expired entries are ignored until GC deletes
+// them; the allowlist overrides every block.
+//
+// Its methods are safe for concurrent use. One process should write a given
+// pin directory at a time: the per-/16 summaries are kept in step with the
+// tries by counts held in this process.
 type Blocklist struct {
 	log    *zap.Logger
 	layout pinLayout
@@ -283,12 +295,11 @@ func (b *Blocklist) Remove() error {
 	}
 	var errs []error
 	for key, e := range b.egress {
-		errs = append(errs, e.unpin())
-		errs = append(errs, e.close())
+		errs = append(errs, e.detach(), e.unpin(), e.close())
 		delete(b.egress, key)
 	}
 	for name, a := range b.links {
-		errs = append(errs, a.link.Unpin(), a.link.Close())
+		errs = append(errs, unlink(a.link))
 		delete(b.links, name)
 	}
 	for _, m := range b.maps() {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -76,10 +77,20 @@ func (b *Blocklist) Attach(ifname string, mode AttachMode) (AttachMode, error) {
 		return 0, fmt.Errorf("attach xdp %s: %w", ifname, ErrClosed)
 	}
 	if a, ok := b.links[ifname]; ok {
-		if mode != AttachAuto && a.mode != AttachUnknown && a.mode != mode {
-			return 0, fmt.Errorf("attach xdp %s: already attached in %s mode", ifname, a.mode)
+		if info, err := a.link.Info(); err == nil && info.XDP().Ifindex == 0 {
+			// The interface went away (and perhaps came back): the kernel
+			// detached the link. Forget it and attach afresh.
+			b.log.Info("replacing xdp link of a vanished interface", zap.String("interface", ifname))
+			delete(b.links, ifname)
+			if err := unlink(a.link); err != nil {
+				return 0, fmt.Errorf("attach xdp %s: drop stale link: %w", ifname, err)
+			}
+		} else {
+			if mode != AttachAuto && a.mode != AttachUnknown && a.mode != mode {
+				return 0, fmt.Errorf("attach xdp %s: already attached in %s mode", ifname, a.mode)
+			}
+			return a.mode, nil
 		}
-		return a.mode, nil
 	}
 
 	iface, err := net.InterfaceByName(ifname)
@@ -123,7 +134,7 @@ func (b *Blocklist) Detach(ifname string) error {
 		return fmt.Errorf("detach xdp %s: %w", ifname, ErrNotAttached)
 	}
 	delete(b.links, ifname)
-	if err := errors.Join(a.link.Unpin(), a.link.Close()); err != nil {
+	if err := unlink(a.link); err != nil {
 		return fmt.Errorf("detach xdp %s: %w", ifname, err)
 	}
 	b.log.Info("detached xdp blocklist", zap.String("interface", ifname))
@@ -165,6 +176,33 @@ func (e *egressAttachment) unpin() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// detach detaches both links now (see unlink).
+func (e *egressAttachment) detach() error {
+	var errs []error
+	for _, l := range []link.Link{e.v6, e.v4} {
+		if l != nil {
+			errs = append(errs, detachNow(l))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// detachNow detaches l from its hook at once. Dropping the last reference
+// would detach it too, but when that reference is a pin, the kernel releases
+// it from a work queue after the unlink returns; the caller of Detach or
+// Remove expects the program gone when the call returns.
+func detachNow(l link.Link) error {
+	if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+		return err
+	}
+	return nil
+}
+
+// unlink detaches l, removes its pin and closes it.
+func unlink(l link.Link) error {
+	return errors.Join(detachNow(l), l.Unpin(), l.Close())
 }
 
 // cgroupID returns the id of the cgroup v2 directory path (its inode number).
@@ -265,7 +303,7 @@ func (b *Blocklist) DisableEgress(cgroupPath string) error {
 		return fmt.Errorf("disable egress %s: %w", cgroupPath, ErrNotAttached)
 	}
 	delete(b.egress, id)
-	if err := errors.Join(e.unpin(), e.close()); err != nil {
+	if err := errors.Join(e.detach(), e.unpin(), e.close()); err != nil {
 		return fmt.Errorf("disable egress %s: %w", cgroupPath, err)
 	}
 	return nil
@@ -281,7 +319,7 @@ func (b *Blocklist) adoptLinks() error {
 	}
 	for _, ent := range ents {
 		name := ent.Name()
-		path := b.layout.linksDir() + "/" + name
+		path := filepath.Join(b.layout.linksDir(), name)
 		switch {
 		case strings.HasPrefix(name, xdpLinkPrefix):
 			if err := b.adoptXDP(path, strings.TrimPrefix(name, xdpLinkPrefix)); err != nil {

@@ -95,7 +95,7 @@ func (b *Blocklist) Block(p netip.Prefix, ttl time.Duration, reason Reason) erro
 		return fmt.Errorf("block: %w", err)
 	}
 	if ttl < 0 {
-		return fmt.Errorf("block %s: negative ttl %s: %w", np, ttl, ErrInvalidPrefix)
+		return fmt.Errorf("block %s: %w: %s", np, ErrInvalidTTL, ttl)
 	}
 	clk, err := readClock()
 	if err != nil {
@@ -141,13 +141,13 @@ func (b *Blocklist) BlockBatch(entries []BlockEntry) (_ int, err error) {
 			return 0, fmt.Errorf("block batch: entry %d: %w", i, err)
 		}
 		if e.TTL < 0 {
-			return 0, fmt.Errorf("block batch: entry %d (%s): negative ttl %s: %w", i, p, e.TTL, ErrInvalidPrefix)
+			return 0, fmt.Errorf("block batch: entry %d (%s): %w: %s", i, p, ErrInvalidTTL, e.TTL)
 		}
 		v := blockValue(p, e.TTL, e.Reason, clk)
 		if isCIDR(p) {
 			cidrs = append(cidrs, p)
 		}
-		switch key := keyOf(b, p).(type) {
+		switch _, key := b.locate(p); key := key.(type) {
 		case [4]byte:
 			exact4.add(key, v)
 		case blocklistBlV6Addr:
@@ -165,6 +165,16 @@ func (b *Blocklist) BlockBatch(entries []BlockEntry) (_ int, err error) {
 	// write fails, recount from the tries: the counts of entries that did
 	// not make it in would otherwise keep their bits set for good.
 	var sets []blocklistBlSlotSet
+	defer func() {
+		if err == nil {
+			return
+		}
+		for _, set := range sets {
+			if rerr := b.rebuildSlotSet(set); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("block batch: %w", rerr))
+			}
+		}
+	}()
 	seen := make(map[netip.Prefix]bool, len(cidrs))
 	for _, p := range cidrs {
 		if seen[p] {
@@ -183,16 +193,6 @@ func (b *Blocklist) BlockBatch(entries []BlockEntry) (_ int, err error) {
 			}
 		}
 	}
-	defer func() {
-		if err == nil {
-			return
-		}
-		for _, set := range sets {
-			if rerr := b.rebuildSlotSet(set); rerr != nil {
-				err = errors.Join(err, fmt.Errorf("block batch: %w", rerr))
-			}
-		}
-	}()
 	for _, set := range sets {
 		if err := b.flushSlots(set); err != nil {
 			return 0, fmt.Errorf("block batch: %w", err)
@@ -212,11 +212,6 @@ func (b *Blocklist) BlockBatch(entries []BlockEntry) (_ int, err error) {
 		}
 	}
 	return total, nil
-}
-
-func keyOf(b *Blocklist, p netip.Prefix) any {
-	_, key := b.locate(p)
-	return key
 }
 
 // batch collects keys and values bound for one map.

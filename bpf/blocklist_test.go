@@ -238,8 +238,8 @@ func TestBlocklistEntries(t *testing.T) {
 			t.Fatalf("block %s: %v", e.Prefix, err)
 		}
 	}
-	if err := b.Block(mustPrefix(t, "10.9.0.0/16"), -time.Second, ReasonManual); !errors.Is(err, ErrInvalidPrefix) {
-		t.Errorf("block with negative ttl: error %v, want ErrInvalidPrefix", err)
+	if err := b.Block(mustPrefix(t, "10.9.0.0/16"), -time.Second, ReasonManual); !errors.Is(err, ErrInvalidTTL) {
+		t.Errorf("block with negative ttl: error %v, want ErrInvalidTTL", err)
 	}
 
 	list, err := b.List()

@@ -71,6 +71,14 @@ func newTestNet(t testing.TB) *testNet {
 		run(t, "ip", "netns", "exec", ns, "sysctl", "-q", "-w",
 			"net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
 	}
+	n.addVeth(t)
+	return n
+}
+
+// addVeth creates the veth pair between the namespaces, with addresses and
+// static neighbours, and brings it up.
+func (n *testNet) addVeth(t testing.TB) {
+	t.Helper()
 	run(t, "ip", "link", "add", n.vethA, "address", n.macA, "netns", n.attacker, "type", "veth",
 		"peer", "name", n.vethV, "address", n.macV, "netns", n.victim)
 	run(t, "ip", "-n", n.attacker, "addr", "add", n.srcBad.String()+"/24", "dev", n.vethA)
@@ -82,7 +90,6 @@ func newTestNet(t testing.TB) *testNet {
 	}
 	run(t, "ip", "-n", n.attacker, "link", "set", n.vethA, "up")
 	run(t, "ip", "-n", n.victim, "link", "set", n.vethV, "up")
-	return n
 }
 
 // inNetns runs fn on an OS thread that has joined the namespace at nsPath
@@ -215,6 +222,19 @@ func (p *prober) probe(src netip.Addr, count int, wait time.Duration) (echoes, r
 	return len(seenEcho), len(seenRST)
 }
 
+// passesWithin probes from src, one echo and one SYN at a time, until both
+// are answered or the timeout passes. For after a link was unpinned: the
+// kernel releases the last reference, and so detaches, asynchronously.
+func (p *prober) passesWithin(src netip.Addr, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if e, r := p.probe(src, 1, 100*time.Millisecond); e == 1 && r == 1 {
+			return true
+		}
+	}
+	return false
+}
+
 // TestXDPNetns drops a blocked source's real traffic on a veth in a network
 // namespace, lets another source through, and restores traffic on Unblock.
 func TestXDPNetns(t *testing.T) {
@@ -301,5 +321,41 @@ func TestXDPNetns(t *testing.T) {
 	}
 	if d := statsDelta(s, s2); d != (Stats{Passed: 2 * count, Dropped: 2 * count, DroppedExact: 2 * count}) {
 		t.Errorf("generic mode counter delta %+v", d)
+	}
+}
+
+// TestXDPReattachAfterInterfaceRecreated deletes and recreates the attached
+// interface: the kernel detaches the link with the device, and Attach must
+// notice and attach to the new device rather than report the dead link.
+func TestXDPReattachAfterInterfaceRecreated(t *testing.T) {
+	requireNetns(t)
+	n := newTestNet(t)
+	b := openTestBlocklist(t, BlocklistOptions{})
+	attach := func() {
+		t.Helper()
+		if err := inNetns(n.victNs, func() error {
+			_, err := b.Attach(n.vethV, AttachAuto)
+			return err
+		}); err != nil {
+			t.Fatalf("attach: %v", err)
+		}
+	}
+	attach()
+	if err := b.Block(netip.PrefixFrom(n.srcBad, 32), 0, ReasonManual); err != nil {
+		t.Fatal(err)
+	}
+
+	run(t, "ip", "-n", n.victim, "link", "del", n.vethV)
+	n.addVeth(t)
+	p := n.prober(t)
+	if e, _ := p.probe(n.srcBad, 2, 3*time.Second); e != 2 {
+		t.Fatalf("new interface without the program: %d echo replies, want 2", e)
+	}
+	attach()
+	if e, r := p.probe(n.srcBad, 2, 300*time.Millisecond); e != 0 || r != 0 {
+		t.Errorf("after re-attach: %d echo replies, %d resets; want none", e, r)
+	}
+	if got := b.Attached(); len(got) != 1 || got[0].Mode != AttachNative {
+		t.Errorf("Attached() = %+v", got)
 	}
 }

@@ -148,6 +148,7 @@ func TestBlocklistSurvivesLoaderExit(t *testing.T) {
 	if err := b.Remove(); err != nil {
 		t.Fatalf("remove: %v", err)
 	}
+	// Remove detaches before it returns: no waiting for the kernel.
 	if e, r := p.probe(n.srcBad, count, 3*time.Second); e != count || r != count {
 		t.Errorf("after Remove: %d echo replies, %d resets; want %d each", e, r, count)
 	}
@@ -278,8 +279,8 @@ func TestRemoveBlocklistPinsDetaches(t *testing.T) {
 	if err := RemoveBlocklistPins(dir); err != nil {
 		t.Fatal(err)
 	}
-	if e, _ := p.probe(n.srcBad, 2, 3*time.Second); e != 2 {
-		t.Errorf("after RemoveBlocklistPins: %d echo replies, want 2", e)
+	if !p.passesWithin(n.srcBad, 3*time.Second) {
+		t.Error("blocked source still dropped 3s after RemoveBlocklistPins")
 	}
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pin dir after RemoveBlocklistPins: %v", err)
