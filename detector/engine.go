@@ -137,6 +137,8 @@ func (e *Engine) build(set *rules.Set) (*ruleSet, error) {
 }
 
 // Process evaluates one event. It does not allocate unless a rule fires.
+// Reuse one Event for the stream: the pointer is handed to matchers behind
+// interfaces (state machines), so an Event on the caller's stack escapes.
 func (e *Engine) Process(ev *event.Event) {
 	e.mu.Lock()
 	e.events++
