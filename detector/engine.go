@@ -276,7 +276,7 @@ func (e *Engine) decide(st *ruleState, ev *event.Event, a *Alert, target netip.A
 	repeats := b.repeats(p, e.now, period)
 	d := &Decision{
 		Action: ActionBlock, Prefix: p, TTL: r.Block.TTLFor(repeats), Rule: r.Name,
-		Reason: r.Description, EventTS: ev.Timestamp, Repeat: repeats,
+		Reason: fmt.Sprintf("%s: %d within %s", a.Key, a.Count, a.Window), EventTS: ev.Timestamp, Repeat: repeats,
 	}
 	if e.opts.Blocker != nil {
 		if err := e.opts.Blocker.Block(*d); err != nil {
@@ -390,6 +390,19 @@ func (e *Engine) Stats() Stats {
 	for _, st := range e.cur.all {
 		rs := st.stats
 		rs.Evictions, rs.Expired, rs.Keys = st.tbl.evictions, st.tbl.expired, st.tbl.len()
+		// Graph detectors and machines keep their own keys; the table then
+		// holds only alert-suppression keys.
+		switch {
+		case st.fan != nil:
+			fs := st.fan.Stats()
+			rs.Keys, rs.Evictions, rs.Expired = fs.Subjects, fs.Evicted, fs.Expired
+		case st.ne != nil:
+			ns := st.ne.Stats()
+			rs.Keys, rs.Evictions = ns.Pairs, ns.Evicted
+		case st.sm != nil:
+			ms := st.sm.Stats()
+			rs.Keys, rs.Evictions, rs.Expired = ms.Sessions, ms.Evicted, ms.Expired
+		}
 		s.Rules = append(s.Rules, rs)
 		s.Alerts[rs.Severity] += rs.Alerts
 		s.Evictions += rs.Evictions

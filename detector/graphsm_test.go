@@ -225,3 +225,15 @@ func TestReloadKeepsSessions(t *testing.T) {
 		t.Errorf("alerts %v, want one critical after the machine changed", c.summaries())
 	}
 }
+
+func TestSequenceStatsCountSessions(t *testing.T) {
+	e, _ := newEngine(t, compile(t, apiAuthRule), Options{})
+	for tgid := range uint32(3) {
+		e.Process(outbound(1e12, event.KindTCPEstablished, tgid+1, "10.0.0.8:9000"))
+	}
+	e.Process(outbound(1e12, event.KindTCPAttempt, 9, "10.0.0.9:8443")) // violation, no session
+	r := e.Stats().Rules[0]
+	if r.Keys != 3 || r.Alerts != 1 || r.Matches != 4 {
+		t.Errorf("keys=%d alerts=%d matches=%d, want 3 sessions, 1 alert, 4 matches", r.Keys, r.Alerts, r.Matches)
+	}
+}
