@@ -127,7 +127,11 @@ func (e *Engine) build(set *rules.Set) (*ruleSet, error) {
 		default:
 			return nil, fmt.Errorf("detector: rule %q: unsupported detection %s", r.Name, r.Detection.Type)
 		}
-		st.tbl = newTable(rs.maxKeys, st.by)
+		keyed := st.by
+		if st.pv != nil {
+			keyed = pivotKeyFields // the suppression key: comm and attacker
+		}
+		st.tbl = newTable(rs.maxKeys, keyed)
 		rs.all = append(rs.all, st)
 		for _, k := range r.Filter.Kinds() {
 			rs.byKind[k] = append(rs.byKind[k], st)

@@ -121,12 +121,17 @@ func TestPivot(t *testing.T) {
 		ev.SetComm(comm)
 		e.Process(ev)
 	}
-	inward(1e12+sec, "curl", "10.1.2.3:22")                  // not a service comm
-	inward(1e12+2*sec, "ssh", "192.0.2.1:22")                // not internal
-	inward(1e12+3*sec, "ssh", "10.1.2.3:22")                 // pivot
-	inward(1e12+4*sec, "ssh", "10.1.2.4:22")                 // same pair, same window: folded
+	inward(1e12+sec, "curl", "10.1.2.3:22")   // not a service comm
+	inward(1e12+2*sec, "ssh", "192.0.2.1:22") // not internal
+	inward(1e12+3*sec, "ssh", "10.1.2.3:22")  // pivot
+	inward(1e12+4*sec, "ssh", "10.1.2.4:22")  // same pair, same window: folded
+	e.Process(inbound(1e12+5*sec, event.KindInboundAccept, "198.51.100.99:52000", 22))
+	inward(1e12+6*sec, "ssh", "10.1.2.6:22")                 // another attacker: its own alert
 	inward(1e12+uint64(2*time.Minute), "ssh", "10.1.2.5:22") // accept too old
-	want := []string{"pivot key=process:ssh attacker=198.51.100.23 count=1 block=198.51.100.23/32 ttl=1h0m0s repeat=0"}
+	want := []string{
+		"pivot key=process:ssh attacker=198.51.100.23 count=1 block=198.51.100.23/32 ttl=1h0m0s repeat=0",
+		"pivot key=process:ssh attacker=198.51.100.99 count=2 block=198.51.100.99/32 ttl=1h0m0s repeat=0",
+	}
 	if diff := cmp.Diff(want, c.summaries()); diff != "" {
 		t.Fatalf("alerts (-want +got):\n%s", diff)
 	}
