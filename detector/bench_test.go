@@ -65,6 +65,9 @@ func BenchmarkProcess(b *testing.B) {
 			b.ReportMetric(ns, "ns/event")
 			b.ReportMetric(1e9/ns, "events/s")
 			b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/event")
+			st := e.Stats()
+			b.ReportMetric(float64(st.KeysTracked), "keys")
+			b.ReportMetric(float64(st.Evictions)/float64(b.N), "evictions/event")
 		})
 	}
 }
