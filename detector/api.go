@@ -47,8 +47,10 @@ type Decision struct {
 	// TTL is how long the block lasts (0 for Unblock). The engine calls
 	// Unblock when it has passed in event time; a blocklist with its own
 	// expiry may use TTL directly.
-	TTL    time.Duration
-	Rule   string
+	TTL  time.Duration
+	Rule string
+	// Reason is the alert's key and count, e.g. "remote_ip=203.0.113.9: 15
+	// within 1m0s", for the blocklist's own log.
 	Reason string
 	// EventTS is the kernel time (ns) of the event that decided it.
 	EventTS uint64
@@ -117,7 +119,9 @@ type Options struct {
 	ExtraAllowlist []netip.Prefix
 	// DryRun makes every rule monitor-only, whatever the set says.
 	DryRun bool
-	// MaxKeysPerRule overrides the set's settings.max_keys_per_rule when > 0.
+	// MaxKeysPerRule overrides the set's settings.max_keys_per_rule when > 0
+	// for threshold and distinct rules. Flow-graph and sequence rules take
+	// their bounds (max_subjects, max_pairs, max_sessions) from the set.
 	MaxKeysPerRule int
 }
 

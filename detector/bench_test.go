@@ -16,6 +16,8 @@ import (
 //   - churn: each pass starts an hour later, so every key of every rule
 //     has expired and is dropped and re-created: the worst case for the
 //     key tables.
+//   - steady-small: steady with every population a tenth (30 processes,
+//     300 clients, ...): a smaller host whose state stays in cache.
 //   - graph: steady, with the exported flow graph (settings.graph) on.
 //
 // Besides wall time it reports process CPU time per event (getrusage):
@@ -26,7 +28,8 @@ func BenchmarkProcess(b *testing.B) {
 		name  string
 		graph bool
 		churn bool
-	}{{"steady", false, false}, {"churn", false, true}, {"graph", true, false}} {
+		div   int
+	}{{"steady", false, false, 1}, {"steady-small", false, false, 10}, {"churn", false, true, 1}, {"graph", true, false, 1}} {
 		b.Run(bc.name, func(b *testing.B) {
 			set, err := rules.Default()
 			if err != nil {
@@ -37,7 +40,7 @@ func BenchmarkProcess(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			evs := mixedStream(1 << 16)
+			evs := mixedStreamScaled(1<<16, bc.div)
 			for i := range evs {
 				e.Process(&evs[i])
 			}
@@ -65,6 +68,9 @@ func BenchmarkProcess(b *testing.B) {
 			b.ReportMetric(ns, "ns/event")
 			b.ReportMetric(1e9/ns, "events/s")
 			b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/event")
+			st := e.Stats()
+			b.ReportMetric(float64(st.KeysTracked), "keys")
+			b.ReportMetric(float64(st.Evictions)/float64(b.N), "evictions/event")
 		})
 	}
 }

@@ -127,7 +127,11 @@ func (e *Engine) build(set *rules.Set) (*ruleSet, error) {
 		default:
 			return nil, fmt.Errorf("detector: rule %q: unsupported detection %s", r.Name, r.Detection.Type)
 		}
-		st.tbl = newTable(rs.maxKeys, st.by)
+		keyed := st.by
+		if st.pv != nil {
+			keyed = pivotKeyFields // the suppression key: comm and attacker
+		}
+		st.tbl = newTable(rs.maxKeys, keyed)
 		rs.all = append(rs.all, st)
 		for _, k := range r.Filter.Kinds() {
 			rs.byKind[k] = append(rs.byKind[k], st)
@@ -137,6 +141,8 @@ func (e *Engine) build(set *rules.Set) (*ruleSet, error) {
 }
 
 // Process evaluates one event. It does not allocate unless a rule fires.
+// Reuse one Event for the stream: the pointer is handed to matchers behind
+// interfaces (state machines), so an Event on the caller's stack escapes.
 func (e *Engine) Process(ev *event.Event) {
 	e.mu.Lock()
 	e.events++
@@ -274,7 +280,7 @@ func (e *Engine) decide(st *ruleState, ev *event.Event, a *Alert, target netip.A
 	repeats := b.repeats(p, e.now, period)
 	d := &Decision{
 		Action: ActionBlock, Prefix: p, TTL: r.Block.TTLFor(repeats), Rule: r.Name,
-		Reason: r.Description, EventTS: ev.Timestamp, Repeat: repeats,
+		Reason: fmt.Sprintf("%s: %d within %s", a.Key, a.Count, a.Window), EventTS: ev.Timestamp, Repeat: repeats,
 	}
 	if e.opts.Blocker != nil {
 		if err := e.opts.Blocker.Block(*d); err != nil {
@@ -388,6 +394,19 @@ func (e *Engine) Stats() Stats {
 	for _, st := range e.cur.all {
 		rs := st.stats
 		rs.Evictions, rs.Expired, rs.Keys = st.tbl.evictions, st.tbl.expired, st.tbl.len()
+		// Graph detectors and machines keep their own keys; the table then
+		// holds only alert-suppression keys.
+		switch {
+		case st.fan != nil:
+			fs := st.fan.Stats()
+			rs.Keys, rs.Evictions, rs.Expired = fs.Subjects, fs.Evicted, fs.Expired
+		case st.ne != nil:
+			ns := st.ne.Stats()
+			rs.Keys, rs.Evictions = ns.Pairs, ns.Evicted
+		case st.sm != nil:
+			ms := st.sm.Stats()
+			rs.Keys, rs.Evictions, rs.Expired = ms.Sessions, ms.Evicted, ms.Expired
+		}
 		s.Rules = append(s.Rules, rs)
 		s.Alerts[rs.Severity] += rs.Alerts
 		s.Evictions += rs.Evictions

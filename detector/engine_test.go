@@ -441,3 +441,16 @@ func TestConcurrentControl(t *testing.T) {
 		t.Errorf("events=%d lost=%d, want %d and 5", s.Events, s.LostEvents, len(evs))
 	}
 }
+
+func TestStatsCountLimits(t *testing.T) {
+	e, _ := newEngine(t, compile(t, scanRule("enforce", "block_rate: {per_second: 1, burst: 1}, max_active_blocks: 2", "", "remote_ip", "")), Options{})
+	probe(e, 1e12, "203.0.113.1")     // blocked
+	probe(e, 1e12, "203.0.113.2")     // rate limited
+	probe(e, 1e12+sec, "203.0.113.3") // blocked: a token came back
+	probe(e, 1e12+sec, "203.0.113.4") // capped: two active
+	s := e.Stats()
+	got := []uint64{s.Blocks, s.RateLimited, s.Capped, uint64(s.ActiveBlocks), s.Rules[0].Alerts, s.Rules[0].Blocks, s.Alerts[rules.SeverityHigh]}
+	if diff := cmp.Diff([]uint64{2, 1, 1, 2, 4, 2, 4}, got); diff != "" {
+		t.Errorf("blocks, rate limited, capped, active, rule alerts, rule blocks, high alerts (-want +got):\n%s", diff)
+	}
+}

@@ -102,6 +102,9 @@ func (e *Engine) observeGraphSM(st *ruleState, ev *event.Event) {
 	}
 }
 
+// pivotKeyFields are the groupKey fields a pivot's suppression key uses.
+const pivotKeyFields = rules.KeyComm | rules.KeyRemoteIP
+
 // once reports whether key may alert at ts: at most once per rule window.
 func (e *Engine) once(st *ruleState, k groupKey, ts uint64) bool {
 	slot, fresh := st.tbl.get(k, e.now)

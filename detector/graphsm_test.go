@@ -121,12 +121,17 @@ func TestPivot(t *testing.T) {
 		ev.SetComm(comm)
 		e.Process(ev)
 	}
-	inward(1e12+sec, "curl", "10.1.2.3:22")                  // not a service comm
-	inward(1e12+2*sec, "ssh", "192.0.2.1:22")                // not internal
-	inward(1e12+3*sec, "ssh", "10.1.2.3:22")                 // pivot
-	inward(1e12+4*sec, "ssh", "10.1.2.4:22")                 // same pair, same window: folded
+	inward(1e12+sec, "curl", "10.1.2.3:22")   // not a service comm
+	inward(1e12+2*sec, "ssh", "192.0.2.1:22") // not internal
+	inward(1e12+3*sec, "ssh", "10.1.2.3:22")  // pivot
+	inward(1e12+4*sec, "ssh", "10.1.2.4:22")  // same pair, same window: folded
+	e.Process(inbound(1e12+5*sec, event.KindInboundAccept, "198.51.100.99:52000", 22))
+	inward(1e12+6*sec, "ssh", "10.1.2.6:22")                 // another attacker: its own alert
 	inward(1e12+uint64(2*time.Minute), "ssh", "10.1.2.5:22") // accept too old
-	want := []string{"pivot key=process:ssh attacker=198.51.100.23 count=1 block=198.51.100.23/32 ttl=1h0m0s repeat=0"}
+	want := []string{
+		"pivot key=process:ssh attacker=198.51.100.23 count=1 block=198.51.100.23/32 ttl=1h0m0s repeat=0",
+		"pivot key=process:ssh attacker=198.51.100.99 count=2 block=198.51.100.99/32 ttl=1h0m0s repeat=0",
+	}
 	if diff := cmp.Diff(want, c.summaries()); diff != "" {
 		t.Fatalf("alerts (-want +got):\n%s", diff)
 	}
@@ -223,5 +228,106 @@ func TestReloadKeepsSessions(t *testing.T) {
 	e.Process(outbound(1e12+2*sec, event.KindTCPAttempt, 1, "10.0.0.9:8443"))
 	if len(c.alerts) != 1 || c.alerts[0].Severity != rules.SeverityCritical {
 		t.Errorf("alerts %v, want one critical after the machine changed", c.summaries())
+	}
+}
+
+func TestSequenceStatsCountSessions(t *testing.T) {
+	e, _ := newEngine(t, compile(t, apiAuthRule), Options{})
+	for tgid := range uint32(3) {
+		e.Process(outbound(1e12, event.KindTCPEstablished, tgid+1, "10.0.0.8:9000"))
+	}
+	e.Process(outbound(1e12, event.KindTCPAttempt, 9, "10.0.0.9:8443")) // violation, no session
+	r := e.Stats().Rules[0]
+	if r.Keys != 3 || r.Alerts != 1 || r.Matches != 4 {
+		t.Errorf("keys=%d alerts=%d matches=%d, want 3 sessions, 1 alert, 4 matches", r.Keys, r.Alerts, r.Matches)
+	}
+}
+
+// TestGraphBoundaries pins the window edges of the flow-graph detections as
+// rules see them: exactly the window counts, the window plus 1ns does not.
+func TestGraphBoundaries(t *testing.T) {
+	const T = uint64(time.Minute)
+	fanRule := `
+rules:
+  - name: fan
+    description: fan
+    mode: monitor
+    severity: low
+    detection:
+      fanout: {direction: outbound, window: 1m, count: 3}
+`
+	edgeRule := `
+rules:
+  - name: edge
+    description: edge
+    mode: monitor
+    severity: low
+    detection:
+      new_edge: {learning: 1m}
+`
+	type step struct {
+		ts     uint64
+		kind   event.Kind
+		remote string
+	}
+	att := func(ts uint64, remote string) step { return step{ts, event.KindTCPAttempt, remote} }
+	acc := func(ts uint64) step { return step{ts, event.KindInboundAccept, "198.51.100.23:50000"} }
+	tests := []struct {
+		name, rules string
+		steps       []step
+		want        []int
+	}{
+		{"fanout: N peers over exactly T", fanRule, []step{att(0, "192.0.2.1:1"), att(1, "192.0.2.2:1"), att(T, "192.0.2.3:1")}, []int{2}},
+		{"fanout: N peers over T+1ns", fanRule, []step{att(0, "192.0.2.1:1"), att(1, "192.0.2.2:1"), att(T+1, "192.0.2.3:1")}, nil},
+		{"fanout: N-1 peers", fanRule, []step{att(0, "192.0.2.1:1"), att(1, "192.0.2.2:1"), att(2, "192.0.2.2:2")}, nil},
+		{"new_edge: exactly L after the first event still learns", edgeRule, []step{att(0, "192.0.2.1:1"), att(T, "192.0.2.2:1")}, nil},
+		{"new_edge: L+1ns alerts", edgeRule, []step{att(0, "192.0.2.1:1"), att(T+1, "192.0.2.2:1")}, []int{1}},
+		{"new_edge: a learned edge stays quiet", edgeRule, []step{att(0, "192.0.2.1:1"), att(T+1, "192.0.2.1:1")}, nil},
+		{"pivot: exactly T after the accept", pivotRule, []step{acc(0), {T, event.KindTCPAttempt, "10.1.2.3:22"}}, []int{1}},
+		{"pivot: T+1ns after the accept", pivotRule, []step{acc(0), {T + 1, event.KindTCPAttempt, "10.1.2.3:22"}}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e, c := newEngine(t, compile(t, tt.rules), Options{})
+			var got []int
+			for i, s := range tt.steps {
+				var ev *event.Event
+				if s.kind == event.KindInboundAccept {
+					ev = inbound(1e12+s.ts, s.kind, s.remote, 22)
+				} else {
+					ev = outbound(1e12+s.ts, s.kind, 7, s.remote)
+					ev.SetComm("ssh")
+				}
+				n := len(c.alerts)
+				e.Process(ev)
+				if len(c.alerts) > n {
+					got = append(got, i)
+				}
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("alerting events (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestReloadFailureChangesNothing hands Reload a set the engine cannot run
+// (a detection type it does not know, which Compile never produces): the
+// running rules and their state must be untouched.
+func TestReloadFailureChangesNothing(t *testing.T) {
+	set := compile(t, thresholdRule(2, 10*time.Second, ""))
+	e, c := newEngine(t, set, Options{})
+	e.Process(connect(1e12, 1, "192.0.2.1:22"))
+	bad := *set
+	bad.Rules = []*rules.Rule{{Name: "odd", Enabled: true, Filter: set.Rules[0].Filter, Detection: rules.Detection{Type: 99}}}
+	if err := e.Reload(&bad); err == nil {
+		t.Fatal("Reload accepted a set with an unknown detection")
+	}
+	if got := e.Rules(); len(got) != 1 || got[0].Name != "burst" {
+		t.Fatalf("rules after a failed reload: %+v", got)
+	}
+	e.Process(connect(1e12+1, 1, "192.0.2.1:22"))
+	if diff := cmp.Diff([]string{"burst key=pid=1 count=2"}, c.summaries()); diff != "" {
+		t.Errorf("state lost by a failed reload (-want +got):\n%s", diff)
 	}
 }

@@ -29,22 +29,31 @@ type groupKey struct {
 // hash mixes the fields that by uses into 64 bits: a few seeded
 // multiply-xorshift rounds instead of the runtime's hash of all 64 bytes.
 func (k *groupKey) hash(by rules.KeyFields, seed uint64) uint64 {
-	h := mix(seed ^ uint64(k.pid) ^ uint64(k.tgid)<<32)
+	h, _ := k.hash2(by, seed, seed)
+	return h
+}
+
+// hash2 computes two independent hashes (different seeds) in one pass, so
+// the key's fields are loaded once.
+func (k *groupKey) hash2(by rules.KeyFields, s1, s2 uint64) (uint64, uint64) {
+	w := uint64(k.pid) ^ uint64(k.tgid)<<32
+	h1, h2 := mix(s1^w), mix(s2^w)
 	if by&(rules.KeyRemoteIP|rules.KeyRemoteNet) != 0 {
-		h = mix(h ^ binary.LittleEndian.Uint64(k.addr[:8]))
-		h = mix(h ^ binary.LittleEndian.Uint64(k.addr[8:]))
+		a, b := binary.LittleEndian.Uint64(k.addr[:8]), binary.LittleEndian.Uint64(k.addr[8:])
+		h1, h2 = mix(mix(h1^a)^b), mix(mix(h2^a)^b)
 	}
 	if by&rules.KeyComm != 0 {
-		h = mix(h ^ binary.LittleEndian.Uint64(k.comm[:8]))
-		h = mix(h ^ binary.LittleEndian.Uint64(k.comm[8:]))
+		a, b := binary.LittleEndian.Uint64(k.comm[:8]), binary.LittleEndian.Uint64(k.comm[8:])
+		h1, h2 = mix(mix(h1^a)^b), mix(mix(h2^a)^b)
 	}
 	if by&rules.KeyCgroup != 0 {
-		h = mix(h ^ k.cgroup)
+		h1, h2 = mix(h1^k.cgroup), mix(h2^k.cgroup)
 	}
 	if by&(rules.KeyUID|rules.KeyRemotePort|rules.KeyLocalPort) != 0 {
-		h = mix(h ^ uint64(k.uid) ^ uint64(k.rport)<<32 ^ uint64(k.lport)<<48)
+		w := uint64(k.uid) ^ uint64(k.rport)<<32 ^ uint64(k.lport)<<48
+		h1, h2 = mix(h1^w), mix(h2^w)
 	}
-	return h
+	return h1, h2
 }
 
 // mix is a 64-bit finaliser (the murmur3 fmix64 constants).

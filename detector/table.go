@@ -62,8 +62,8 @@ func (t *table) len() int { return t.live }
 // the caller must reset the slot's detection state). It marks the slot as
 // most recently used at time now.
 func (t *table) get(k groupKey, now uint64) (slot int32, fresh bool) {
-	h := k.hash(t.by, t.seed)
-	check := uint32(k.hash(t.by, t.seed2))
+	h, h2 := k.hash2(t.by, t.seed, t.seed2)
+	check := uint32(h2)
 	if v, ok := t.idx[h]; ok {
 		s := int32(uint32(v))
 		t.slots[s].last = now

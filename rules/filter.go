@@ -293,6 +293,16 @@ func (c *compiler) filter(n *yaml.Node, field string, nested bool) *Filter {
 		slices.Sort(vals)
 		add("not", vals...)
 	}
+	// Process fields on kinds that carry no process can only mislead: comm
+	// never matches, uid and cgroup are always 0.
+	if f.kinds != 0 && !anyHasProcess(f) {
+		for _, x := range []struct{ name, always string }{{"comm", "empty"}, {"uid", "0"}, {"cgroup", "0"}} {
+			if e, ok := m[x.name]; ok {
+				c.errf(e.key, join(field, x.name), "%s events carry no process, so %s is always %s; remove it or add a process kind (connect, tcp_attempt, tcp_established, tcp_close)",
+					kindNames(f), x.name, x.always)
+			}
+		}
+	}
 	f.canon = strings.Join(canon, ";")
 	return f
 }
