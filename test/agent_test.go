@@ -2,6 +2,7 @@ package test
 
 import (
 	"os/exec"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -197,5 +198,28 @@ func TestAgentMetricsPassPromtool(t *testing.T) {
 	cmd.Stdin = strings.NewReader(string(body))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+}
+
+// `connwarden demo` runs start to finish, narrates the block and cleans up.
+func TestDemoRuns(t *testing.T) {
+	requireKernel(t)
+	out, err := exec.Command(agentBin, "demo").CombinedOutput()
+	if err != nil {
+		t.Fatalf("demo: %v\n%s", err, out)
+	}
+	for _, want := range []string{"ALERT demo-inbound-burst", "decision: block", "0 of 5 pings answered", "3 of 3 pings answered again", "removed."} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+	// The demo names its namespaces after its victim interface (cwID + v1).
+	m := regexp.MustCompile(`\(interface (cw[0-9a-f]{4})v1\)`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("demo output names no victim interface:\n%s", out)
+	}
+	after, _ := exec.Command("ip", "netns", "list").Output()
+	if strings.Contains(string(after), string(m[1])) {
+		t.Errorf("demo left namespaces %s*:\n%s", m[1], after)
 	}
 }

@@ -66,8 +66,21 @@ func run(args ...string) error {
 // New builds the star and registers its removal with t.Cleanup.
 func New(t testing.TB) *Topology {
 	t.Helper()
+	top, err := Build()
+	if top != nil {
+		t.Cleanup(func() { top.Remove() })
+	}
+	if err != nil {
+		t.Fatalf("build topology: %v", err)
+	}
+	return top
+}
+
+// Build creates the star. On error it removes what it created; otherwise the
+// caller must call Remove.
+func Build() (_ *Topology, err error) {
 	if _, err := exec.LookPath("ip"); err != nil {
-		t.Fatalf("topology needs iproute2: %v", err)
+		return nil, fmt.Errorf("topology needs iproute2: %w", err)
 	}
 	id := randHex(2)
 	n, _ := rand.Int(rand.Reader, big.NewInt(200))
@@ -75,12 +88,15 @@ func New(t testing.TB) *Topology {
 	top := &Topology{id: id}
 	mk := func(role string) *Host { return &Host{Name: "cw" + id + role} }
 	top.Attacker, top.Victim, top.Internal = mk("att"), mk("vic"), mk("int")
-	t.Cleanup(func() { top.Remove() })
-
+	defer func() {
+		if err != nil {
+			top.Remove()
+		}
+	}()
+	var firstErr error
 	must := func(args ...string) {
-		t.Helper()
-		if err := run(args...); err != nil {
-			t.Fatalf("build topology: %v", err)
+		if firstErr == nil {
+			firstErr = run(args...)
 		}
 	}
 	for _, h := range []*Host{top.Attacker, top.Victim, top.Internal} {
@@ -112,7 +128,7 @@ func New(t testing.TB) *Topology {
 	top.Internal.IPv4, top.VictimInternal4, top.Internal.IPv6, top.VictimInternal6 = link(top.Internal, top.Internal.IfName, top.VictimInternalIf, 2)
 	must("ip", "netns", "exec", top.Victim.Name, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 	must("ip", "netns", "exec", top.Victim.Name, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
-	return top
+	return top, firstErr
 }
 
 // Remove deletes the namespaces (and with them the veths). Idempotent.
