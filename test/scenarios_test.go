@@ -174,12 +174,13 @@ func TestScenarioSeedPhases(t *testing.T) {
 func TestScenarioClosedPortProbe(t *testing.T) {
 	top := requireKernel(t)
 	a := newAgent(t, top, nil)
-	// The embedded default rules: no --rules.
+	// The embedded default rules: no --rules. Scanners probe service ports,
+	// below the ephemeral range the default rule ignores.
 	a.rulesDir = ""
 	a.startDefault()
 	err := top.Attacker.Do(func() error {
 		for p := 1; p <= 20; p++ {
-			c, err := netDialTCP(netip.AddrPortFrom(top.Victim.IPv4, uint16(40000+p)), 300*time.Millisecond)
+			c, err := netDialTCP(netip.AddrPortFrom(top.Victim.IPv4, uint16(1000+p)), 300*time.Millisecond)
 			if err == nil {
 				c.Close()
 			}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -33,6 +34,16 @@ func newTestAgent(t *testing.T) (*Agent, *httptest.Server) {
 	cfg.Interfaces = []string{"none"}
 	cfg.API.Listen, cfg.API.Socket, cfg.API.Token = "", "", token
 	cfg.Alerts.Output = filepath.Join(t.TempDir(), "alerts.jsonl")
+	// A rule and the flow graph, which the default pack leaves off.
+	cfg.RulesDir = t.TempDir()
+	for name, body := range map[string]string{
+		"settings.yaml": "settings:\n  graph: {enabled: true}\n",
+		"rules.yaml":    "rules:\n  - name: api-test\n    description: A process made 5 connects within 10s.\n    mode: monitor\n    severity: low\n    filter: {kind: [connect]}\n    detection:\n      threshold: {count: 5, window: 10s, by: [tgid]}\n",
+	} {
+		if err := os.WriteFile(filepath.Join(cfg.RulesDir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	cfg.CleanupOnExit = true
 	a, err := New(cfg, zaptest.NewLogger(t))
 	if err != nil {
