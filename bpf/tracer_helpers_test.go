@@ -54,6 +54,7 @@ func newTestTracer(t testing.TB, opts TracerOptions) *Tracer {
 // collector reads a tracer's events in the background and keeps those that
 // involve this process or a loopback address.
 type collector struct {
+	tr   *Tracer
 	mu   sync.Mutex
 	evs  []event.Event
 	err  error
@@ -62,7 +63,7 @@ type collector struct {
 
 func collect(t testing.TB, tr *Tracer) *collector {
 	t.Helper()
-	c := &collector{done: make(chan struct{})}
+	c := &collector{tr: tr, done: make(chan struct{})}
 	self := uint32(os.Getpid())
 	go func() {
 		defer close(c.done)
@@ -113,7 +114,11 @@ func (c *collector) waitFor(t testing.TB, what string, match func(*event.Event) 
 			t.Fatalf("waiting for %s: tracer read: %v", what, err)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no %s event within %s", what, eventWait)
+			lost, err := c.tr.Lost()
+			c.mu.Lock()
+			n := len(c.evs)
+			c.mu.Unlock()
+			t.Fatalf("no %s event within %s (%d events kept; tracer lost %d, %v)", what, eventWait, n, lost, err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
