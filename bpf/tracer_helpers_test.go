@@ -131,9 +131,9 @@ func (c *collector) all() []event.Event {
 	return append([]event.Event(nil), c.evs...)
 }
 
-// listen starts a loopback TCP listener that accepts and holds connections
+// listenLoopback starts a loopback TCP listener that accepts and holds connections
 // until the test ends.
-func listen(t testing.TB, addr netip.Addr) netip.AddrPort {
+func listenLoopback(t testing.TB, addr netip.Addr) netip.AddrPort {
 	t.Helper()
 	network := "tcp4"
 	if addr.Is6() {
@@ -172,7 +172,7 @@ func listen(t testing.TB, addr netip.Addr) netip.AddrPort {
 }
 
 // closedPort reserves a loopback port that nothing listens on: a bound TCP
-// socket that never calls listen(). A SYN to it is answered with a RST.
+// socket that never calls listenLoopback(). A SYN to it is answered with a RST.
 func closedPort(t testing.TB, addr netip.Addr) netip.AddrPort {
 	t.Helper()
 	fd, local := boundSocket(t, addr)
@@ -190,7 +190,7 @@ func boundSocket(t testing.TB, addr netip.Addr) (int, netip.AddrPort) {
 	if err != nil {
 		t.Fatalf("socket: %v", err)
 	}
-	if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(addr, 0))); err != nil {
+	if err := unix.Bind(fd, toSockaddr(netip.AddrPortFrom(addr, 0))); err != nil {
 		unix.Close(fd)
 		t.Fatalf("bind %s: %v", addr, err)
 	}
@@ -202,7 +202,7 @@ func boundSocket(t testing.TB, addr netip.Addr) (int, netip.AddrPort) {
 	return fd, fromSockaddr(sa)
 }
 
-func sockaddr(ap netip.AddrPort) unix.Sockaddr {
+func toSockaddr(ap netip.AddrPort) unix.Sockaddr {
 	if ap.Addr().Is4() {
 		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
 	}
@@ -219,7 +219,7 @@ func fromSockaddr(sa unix.Sockaddr) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// dialed is one blocking connect made by dial.
+// dialed is one blocking connect made by dialFrom.
 type dialed struct {
 	local netip.AddrPort // as bound before connect, v4-mapped unmapped
 	tid   int
@@ -229,10 +229,10 @@ type dialed struct {
 	end   uint64 // CLOCK_MONOTONIC ns around the connect
 }
 
-// dial connects a TCP socket, bound first to from so its port is known, to
+// dialFrom connects a TCP socket, bound first to from so its port is known, to
 // dst with a blocking connect() from a locked OS thread, and closes it when
 // the test ends.
-func dial(t testing.TB, from netip.Addr, dst netip.AddrPort) dialed {
+func dialFrom(t testing.TB, from netip.Addr, dst netip.AddrPort) dialed {
 	t.Helper()
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -245,7 +245,7 @@ func dial(t testing.TB, from netip.Addr, dst netip.AddrPort) dialed {
 		comm:  threadComm(t, unix.Gettid()),
 	}
 	d.start = monotonicNow(t)
-	d.err = unix.Connect(fd, sockaddr(dst))
+	d.err = unix.Connect(fd, toSockaddr(dst))
 	d.end = monotonicNow(t)
 	return d
 }
