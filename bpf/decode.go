@@ -81,12 +81,12 @@ func decodeEvent(raw []byte, ev *event.Event) error {
 	ev.Direction = dir
 	ev.State = raw[offState]
 	copy(ev.Comm[:], raw[offComm:offComm+event.CommLen])
-	ev.Local = addrPort(family, raw[offLocalAddr:offLocalAddr+addrFieldBytes], ne.Uint16(raw[offLocalPort:]))
-	ev.Remote = addrPort(family, raw[offRemoteAddr:offRemoteAddr+addrFieldBytes], ne.Uint16(raw[offRemotePort:]))
+	ev.Local = recordAddrPort(family, raw[offLocalAddr:offLocalAddr+addrFieldBytes], ne.Uint16(raw[offLocalPort:]))
+	ev.Remote = recordAddrPort(family, raw[offRemoteAddr:offRemoteAddr+addrFieldBytes], ne.Uint16(raw[offRemotePort:]))
 	return nil
 }
 
-func addrPort(family uint16, b []byte, port uint16) netip.AddrPort {
+func recordAddrPort(family uint16, b []byte, port uint16) netip.AddrPort {
 	var addr netip.Addr
 	if family == afInet {
 		addr = netip.AddrFrom4([4]byte(b[:4]))

@@ -78,9 +78,9 @@ func TestKindMapping(t *testing.T) {
 	}
 }
 
-// record is a kernel record as connect.bpf.c writes it, built from the
+// eventRecord is a kernel record as connect.bpf.c writes it, built from the
 // generated declaration so the tests do not share decode.go's offsets.
-func record(t testing.TB, e connectEvent) []byte {
+func eventRecord(t testing.TB, e connectEvent) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	if err := binary.Write(&buf, binary.NativeEndian, &e); err != nil {
@@ -99,7 +99,7 @@ func addr16(s string) (a [16]byte) {
 	return ip.As16()
 }
 
-func comm(s string) (c [16]uint8) {
+func commBytes(s string) (c [16]uint8) {
 	copy(c[:], s)
 	return c
 }
@@ -117,11 +117,11 @@ func TestDecodeEvent(t *testing.T) {
 				Ts: 123456789, Cgroup: 42, Pid: 1001, Tgid: 1000, Uid: 1000, Result: -111,
 				Raddr: addr16("10.1.2.3"), Rport: 22, Family: afInet,
 				Kind: uint8(connectKindKIND_CONNECT), Direction: uint8(connectDirectionDIR_OUTBOUND),
-				Comm: comm("curl"),
+				Comm: commBytes("curl"),
 			},
 			want: event.Event{
 				Timestamp: 123456789, Cgroup: 42, PID: 1001, TGID: 1000, UID: 1000, Result: -event.ECONNREFUSED,
-				Kind: event.KindConnect, Direction: event.DirOutbound, Comm: comm("curl"),
+				Kind: event.KindConnect, Direction: event.DirOutbound, Comm: commBytes("curl"),
 				Remote: ap("10.1.2.3:22"),
 			},
 		},
@@ -131,11 +131,11 @@ func TestDecodeEvent(t *testing.T) {
 				Ts: 5, Cgroup: 7, Pid: 9, Tgid: 9, Laddr: addr16("2001:db8::1"), Lport: 40000,
 				Raddr: addr16("2001:db8::2"), Rport: 443, Family: afInet6,
 				Kind: uint8(connectKindKIND_TCP_ESTABLISHED), Direction: uint8(connectDirectionDIR_OUTBOUND),
-				State: 1, Comm: comm("a-fifteen-chars"),
+				State: 1, Comm: commBytes("a-fifteen-chars"),
 			},
 			want: event.Event{
 				Timestamp: 5, Cgroup: 7, PID: 9, TGID: 9, Kind: event.KindTCPEstablished,
-				Direction: event.DirOutbound, State: 1, Comm: comm("a-fifteen-chars"),
+				Direction: event.DirOutbound, State: 1, Comm: commBytes("a-fifteen-chars"),
 				Local: ap("[2001:db8::1]:40000"), Remote: ap("[2001:db8::2]:443"),
 			},
 		},
@@ -188,8 +188,8 @@ func TestDecodeEvent(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// Decode over a dirty event: every field must be written.
-			got := event.Event{Timestamp: 99, PID: 99, Comm: comm("stale"), Local: ap("1.1.1.1:1")}
-			if err := decodeEvent(record(t, tc.in), &got); err != nil {
+			got := event.Event{Timestamp: 99, PID: 99, Comm: commBytes("stale"), Local: ap("1.1.1.1:1")}
+			if err := decodeEvent(eventRecord(t, tc.in), &got); err != nil {
 				t.Fatal(err)
 			}
 			if diff := cmp.Diff(tc.want, got, cmpopts.EquateComparable(netip.AddrPort{})); diff != "" {
@@ -208,11 +208,11 @@ func TestDecodeEventMalformed(t *testing.T) {
 		raw  func() []byte
 	}{
 		{"empty", func() []byte { return nil }},
-		{"short", func() []byte { return record(t, good)[:eventSize-1] }},
-		{"kind 0", func() []byte { e := good; e.Kind = 0; return record(t, e) }},
-		{"kind 7", func() []byte { e := good; e.Kind = 7; return record(t, e) }},
-		{"direction 3", func() []byte { e := good; e.Direction = 3; return record(t, e) }},
-		{"family 1", func() []byte { e := good; e.Family = 1; return record(t, e) }},
+		{"short", func() []byte { return eventRecord(t, good)[:eventSize-1] }},
+		{"kind 0", func() []byte { e := good; e.Kind = 0; return eventRecord(t, e) }},
+		{"kind 7", func() []byte { e := good; e.Kind = 7; return eventRecord(t, e) }},
+		{"direction 3", func() []byte { e := good; e.Direction = 3; return eventRecord(t, e) }},
+		{"family 1", func() []byte { e := good; e.Family = 1; return eventRecord(t, e) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var ev event.Event
@@ -224,7 +224,7 @@ func TestDecodeEventMalformed(t *testing.T) {
 }
 
 func TestDecodeEventAllocs(t *testing.T) {
-	raw := record(t, connectEvent{
+	raw := eventRecord(t, connectEvent{
 		Laddr: addr16("::ffff:127.0.0.1"), Raddr: addr16("2001:db8::1"), Family: afInet6,
 		Kind: uint8(connectKindKIND_TCP_ATTEMPT), Direction: uint8(connectDirectionDIR_OUTBOUND),
 	})
@@ -267,7 +267,7 @@ func encodeEvent(t testing.TB, ev *event.Event) []byte {
 			copy(e.Raddr[:], b[:])
 		}
 	}
-	return record(t, e)
+	return eventRecord(t, e)
 }
 
 func FuzzDecodeEvent(f *testing.F) {
@@ -276,7 +276,7 @@ func FuzzDecodeEvent(f *testing.F) {
 		{Family: afInet6, Kind: 3, Direction: 1, Laddr: addr16("::1"), Lport: 1, Raddr: addr16("::ffff:10.0.0.1"), Rport: 2},
 		{Family: afInet6, Kind: 5, Direction: 2, Laddr: addr16("2001:db8::1"), Raddr: addr16("::")},
 	} {
-		f.Add(record(f, e))
+		f.Add(eventRecord(f, e))
 	}
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		var ev event.Event
@@ -307,10 +307,10 @@ func FuzzDecodeEvent(f *testing.F) {
 }
 
 func BenchmarkDecodeEvent(b *testing.B) {
-	raw := record(b, connectEvent{
+	raw := eventRecord(b, connectEvent{
 		Ts: 1, Pid: 2, Tgid: 2, Laddr: addr16("::ffff:127.0.0.1"), Lport: 1, Raddr: addr16("2001:db8::1"), Rport: 443,
 		Family: afInet6, Kind: uint8(connectKindKIND_TCP_ESTABLISHED), Direction: uint8(connectDirectionDIR_OUTBOUND),
-		Comm: comm("bench"),
+		Comm: commBytes("bench"),
 	})
 	var ev event.Event
 	b.ReportAllocs()

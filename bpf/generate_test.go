@@ -53,7 +53,7 @@ func TestGeneratedCurrent(t *testing.T) {
 	tmpRoot := t.TempDir()
 	tmpPkg := filepath.Join(tmpRoot, filepath.Base(pkgDir))
 	for _, f := range []string{"go.mod", "go.sum"} {
-		copyFile(t, filepath.Join(modRoot, f), filepath.Join(tmpRoot, f))
+		copyPackageFile(t, filepath.Join(modRoot, f), filepath.Join(tmpRoot, f))
 	}
 
 	var committed []string
@@ -75,7 +75,7 @@ func TestGeneratedCurrent(t *testing.T) {
 			committed = append(committed, rel)
 			return nil
 		default:
-			copyFile(t, path, filepath.Join(tmpPkg, rel))
+			copyPackageFile(t, path, filepath.Join(tmpPkg, rel))
 			return nil
 		}
 	})
@@ -123,7 +123,7 @@ func TestGeneratedCurrent(t *testing.T) {
 	}
 }
 
-func copyFile(t *testing.T, from, to string) {
+func copyPackageFile(t *testing.T, from, to string) {
 	t.Helper()
 	b, err := os.ReadFile(from)
 	if err != nil {

@@ -54,6 +54,7 @@ func newTestTracer(t testing.TB, opts TracerOptions) *Tracer {
 // collector reads a tracer's events in the background and keeps those that
 // involve this process or a loopback address.
 type collector struct {
+	tr   *Tracer
 	mu   sync.Mutex
 	evs  []event.Event
 	err  error
@@ -62,7 +63,7 @@ type collector struct {
 
 func collect(t testing.TB, tr *Tracer) *collector {
 	t.Helper()
-	c := &collector{done: make(chan struct{})}
+	c := &collector{tr: tr, done: make(chan struct{})}
 	self := uint32(os.Getpid())
 	go func() {
 		defer close(c.done)
@@ -113,7 +114,11 @@ func (c *collector) waitFor(t testing.TB, what string, match func(*event.Event) 
 			t.Fatalf("waiting for %s: tracer read: %v", what, err)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no %s event within %s", what, eventWait)
+			lost, err := c.tr.Lost()
+			c.mu.Lock()
+			n := len(c.evs)
+			c.mu.Unlock()
+			t.Fatalf("no %s event within %s (%d events kept; tracer lost %d, %v)", what, eventWait, n, lost, err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -126,9 +131,9 @@ func (c *collector) all() []event.Event {
 	return append([]event.Event(nil), c.evs...)
 }
 
-// listen starts a loopback TCP listener that accepts and holds connections
+// listenLoopback starts a loopback TCP listener that accepts and holds connections
 // until the test ends.
-func listen(t testing.TB, addr netip.Addr) netip.AddrPort {
+func listenLoopback(t testing.TB, addr netip.Addr) netip.AddrPort {
 	t.Helper()
 	network := "tcp4"
 	if addr.Is6() {
@@ -167,7 +172,7 @@ func listen(t testing.TB, addr netip.Addr) netip.AddrPort {
 }
 
 // closedPort reserves a loopback port that nothing listens on: a bound TCP
-// socket that never calls listen(). A SYN to it is answered with a RST.
+// socket that never calls listenLoopback(). A SYN to it is answered with a RST.
 func closedPort(t testing.TB, addr netip.Addr) netip.AddrPort {
 	t.Helper()
 	fd, local := boundSocket(t, addr)
@@ -185,7 +190,7 @@ func boundSocket(t testing.TB, addr netip.Addr) (int, netip.AddrPort) {
 	if err != nil {
 		t.Fatalf("socket: %v", err)
 	}
-	if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(addr, 0))); err != nil {
+	if err := unix.Bind(fd, toSockaddr(netip.AddrPortFrom(addr, 0))); err != nil {
 		unix.Close(fd)
 		t.Fatalf("bind %s: %v", addr, err)
 	}
@@ -197,7 +202,7 @@ func boundSocket(t testing.TB, addr netip.Addr) (int, netip.AddrPort) {
 	return fd, fromSockaddr(sa)
 }
 
-func sockaddr(ap netip.AddrPort) unix.Sockaddr {
+func toSockaddr(ap netip.AddrPort) unix.Sockaddr {
 	if ap.Addr().Is4() {
 		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
 	}
@@ -214,7 +219,7 @@ func fromSockaddr(sa unix.Sockaddr) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// dialed is one blocking connect made by dial.
+// dialed is one blocking connect made by dialFrom.
 type dialed struct {
 	local netip.AddrPort // as bound before connect, v4-mapped unmapped
 	tid   int
@@ -224,10 +229,10 @@ type dialed struct {
 	end   uint64 // CLOCK_MONOTONIC ns around the connect
 }
 
-// dial connects a TCP socket, bound first to from so its port is known, to
+// dialFrom connects a TCP socket, bound first to from so its port is known, to
 // dst with a blocking connect() from a locked OS thread, and closes it when
 // the test ends.
-func dial(t testing.TB, from netip.Addr, dst netip.AddrPort) dialed {
+func dialFrom(t testing.TB, from netip.Addr, dst netip.AddrPort) dialed {
 	t.Helper()
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -240,7 +245,7 @@ func dial(t testing.TB, from netip.Addr, dst netip.AddrPort) dialed {
 		comm:  threadComm(t, unix.Gettid()),
 	}
 	d.start = monotonicNow(t)
-	d.err = unix.Connect(fd, sockaddr(dst))
+	d.err = unix.Connect(fd, toSockaddr(dst))
 	d.end = monotonicNow(t)
 	return d
 }

@@ -54,7 +54,7 @@ func TestTracerConnect(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var server netip.AddrPort
 			if tc.open {
-				server = listen(t, tc.server)
+				server = listenLoopback(t, tc.server)
 			} else {
 				server = closedPort(t, tc.server)
 			}
@@ -62,7 +62,7 @@ func TestTracerConnect(t *testing.T) {
 			if tc.from.Is4In6() {
 				dst = netip.AddrPortFrom(loopback4Mapped, server.Port())
 			}
-			d := dial(t, tc.from, dst)
+			d := dialFrom(t, tc.from, dst)
 			wantErr := error(nil)
 			result := int32(0)
 			if !tc.open {
@@ -237,13 +237,13 @@ func TestTracerLost(t *testing.T) {
 		WakeupBytes:     1,
 		ReadTimeout:     time.Hour,
 	})
-	server := listen(t, loopback4)
+	server := listenLoopback(t, loopback4)
 	// Each connect makes at least four records of 104 bytes; 200 of them are
 	// many times one page.
 	const n = 200
 	deadline := time.Now().Add(10 * time.Second)
 	for i := 0; i < n && time.Now().Before(deadline); i++ {
-		d := dial(t, loopback4, server)
+		d := dialFrom(t, loopback4, server)
 		if d.err != nil {
 			t.Fatalf("connect %d: %v", i, d.err)
 		}
@@ -263,15 +263,15 @@ func TestTracerLost(t *testing.T) {
 func TestTracerProcesses(t *testing.T) {
 	tr := newTestTracer(t, TracerOptions{})
 	c := collect(t, tr)
-	open := listen(t, loopback4)
+	open := listenLoopback(t, loopback4)
 	closed := closedPort(t, loopback4)
 	const attempts, failures = 3, 2
 	var last dialed
 	for i := 0; i < attempts; i++ {
-		last = dial(t, loopback4, open)
+		last = dialFrom(t, loopback4, open)
 	}
 	for i := 0; i < failures; i++ {
-		last = dial(t, loopback4, closed)
+		last = dialFrom(t, loopback4, closed)
 	}
 	// The last failure's outcome is counted before its event is written.
 	c.waitFor(t, "tcp_close", func(ev *event.Event) bool {
@@ -309,14 +309,14 @@ func TestTracerExcludeTGID(t *testing.T) {
 	self := uint32(os.Getpid())
 	tr := newTestTracer(t, TracerOptions{ExcludeTGID: self})
 	c := collect(t, tr)
-	open := listen(t, loopback4)
+	open := listenLoopback(t, loopback4)
 	closed := closedPort(t, loopback4)
-	dial(t, loopback4, open)
-	dial(t, loopback4, closed)
+	dialFrom(t, loopback4, open)
+	dialFrom(t, loopback4, closed)
 	// Records are read in the order they were written. The accept of a later
 	// connection was written after every record of the earlier ones, so once
 	// it is read, nothing of those is still on its way.
-	marker := dial(t, loopback4, open)
+	marker := dialFrom(t, loopback4, open)
 	c.waitFor(t, "inbound accept", func(ev *event.Event) bool {
 		return ev.Kind == event.KindInboundAccept && ev.Remote == marker.local
 	})
@@ -417,7 +417,7 @@ func TestTracerReadAllocs(t *testing.T) {
 	// Each refused connect writes four records (connect, attempt, close, reset).
 	const connects, reads = 100, 300
 	for range connects {
-		if d := dial(t, loopback4, closed); !errors.Is(d.err, unix.ECONNREFUSED) {
+		if d := dialFrom(t, loopback4, closed); !errors.Is(d.err, unix.ECONNREFUSED) {
 			t.Fatalf("connect to closed port: %v", d.err)
 		}
 	}
@@ -448,7 +448,7 @@ func TestTracerConnectTimeout(t *testing.T) {
 	if err := unix.Listen(lfd, 0); err != nil {
 		t.Fatalf("listen: %v", err)
 	}
-	if d := dial(t, loopback4, server); d.err != nil {
+	if d := dialFrom(t, loopback4, server); d.err != nil {
 		t.Fatalf("connect to fill the accept queue: %v", d.err)
 	}
 
@@ -461,7 +461,7 @@ func TestTracerConnectTimeout(t *testing.T) {
 	}
 	tid := unix.Gettid()
 	start := monotonicNow(t)
-	err := unix.Connect(fd, sockaddr(server))
+	err := unix.Connect(fd, toSockaddr(server))
 	if !errors.Is(err, unix.ETIMEDOUT) {
 		t.Fatalf("connect to a full accept queue: %v, want ETIMEDOUT", err)
 	}
@@ -549,7 +549,7 @@ func loadAttemptProgram(t *testing.T, h AttemptHook) error {
 func TestTracerNonBlockingConnect(t *testing.T) {
 	tr := newTestTracer(t, TracerOptions{})
 	c := collect(t, tr)
-	server := listen(t, loopback6)
+	server := listenLoopback(t, loopback6)
 
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -559,7 +559,7 @@ func TestTracerNonBlockingConnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	tid := uint32(unix.Gettid())
-	if err := unix.Connect(fd, sockaddr(server)); !errors.Is(err, unix.EINPROGRESS) {
+	if err := unix.Connect(fd, toSockaddr(server)); !errors.Is(err, unix.EINPROGRESS) {
 		t.Fatalf("non-blocking connect: %v, want EINPROGRESS", err)
 	}
 
