@@ -56,7 +56,7 @@ type ruleState struct {
 	window uint64
 	tbl    *table
 	th     *thresholdState
-	ds     *distinctState
+	ds     distinctCounter
 	fan    *graph.FanOut
 	ne     *graph.NewEdge
 	pv     *graph.Pivot
@@ -208,7 +208,7 @@ func (e *Engine) observe(st *ruleState, ev *event.Event) {
 		if fresh {
 			st.ds.reset(slot)
 		}
-		fire, suppressed = st.ds.observe(slot, st.ds.value(ev), ev.Timestamp)
+		fire, suppressed = st.ds.observeEvent(slot, ev)
 	}
 	if suppressed {
 		st.stats.Suppressed++
