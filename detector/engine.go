@@ -279,7 +279,7 @@ func (e *Engine) decide(st *ruleState, ev *event.Event, a *Alert, target netip.A
 	}
 	repeats := b.repeats(p, e.now, period)
 	d := &Decision{
-		Action: ActionBlock, Prefix: p, TTL: r.Block.TTLFor(repeats), Rule: r.Name,
+		Action: Block, Prefix: p, TTL: r.Block.TTLFor(repeats), Rule: r.Name,
 		Reason: fmt.Sprintf("%s: %d within %s", a.Key, a.Count, a.Window), EventTS: ev.Timestamp, Repeat: repeats,
 	}
 	if e.opts.Blocker != nil {
