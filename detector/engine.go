@@ -38,12 +38,16 @@ type Engine struct {
 	findings []graph.Finding // reused buffer for graph detectors
 }
 
+// kindSlots bounds event.Kind values the engine indexes rules by (the
+// kinds run up to event.KindResetSent); Process ignores anything beyond.
+const kindSlots = int(event.KindResetSent) + 1
+
 // ruleSet is a compiled set with per-rule state, indexed by event kind so
 // that an event only meets the rules whose filter admits its kind.
 type ruleSet struct {
 	set     *rules.Set
 	all     []*ruleState
-	byKind  [8][]*ruleState
+	byKind  [kindSlots][]*ruleState
 	dryRun  bool
 	maxKeys int
 }
