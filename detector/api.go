@@ -23,15 +23,15 @@ type Blocker interface {
 type Action uint8
 
 const (
-	ActionBlock Action = iota + 1
-	ActionUnblock
+	Block   Action = iota + 1 // add Prefix to the blocklist for TTL
+	Unblock                   // remove Prefix (its TTL has passed)
 )
 
 func (a Action) String() string {
 	switch a {
-	case ActionBlock:
+	case Block:
 		return "block"
-	case ActionUnblock:
+	case Unblock:
 		return "unblock"
 	}
 	return "unknown"

@@ -38,12 +38,16 @@ type Engine struct {
 	findings []graph.Finding // reused buffer for graph detectors
 }
 
+// kindSlots bounds event.Kind values the engine indexes rules by (the
+// kinds run up to event.KindResetSent); Process ignores anything beyond.
+const kindSlots = int(event.KindResetSent) + 1
+
 // ruleSet is a compiled set with per-rule state, indexed by event kind so
 // that an event only meets the rules whose filter admits its kind.
 type ruleSet struct {
 	set     *rules.Set
 	all     []*ruleState
-	byKind  [8][]*ruleState
+	byKind  [kindSlots][]*ruleState
 	dryRun  bool
 	maxKeys int
 }
@@ -56,7 +60,7 @@ type ruleState struct {
 	window uint64
 	tbl    *table
 	th     *thresholdState
-	ds     *distinctState
+	ds     distinctCounter
 	fan    *graph.FanOut
 	ne     *graph.NewEdge
 	pv     *graph.Pivot
@@ -208,7 +212,7 @@ func (e *Engine) observe(st *ruleState, ev *event.Event) {
 		if fresh {
 			st.ds.reset(slot)
 		}
-		fire, suppressed = st.ds.observe(slot, st.ds.value(ev), ev.Timestamp)
+		fire, suppressed = st.ds.observeEvent(slot, ev)
 	}
 	if suppressed {
 		st.stats.Suppressed++
@@ -279,7 +283,7 @@ func (e *Engine) decide(st *ruleState, ev *event.Event, a *Alert, target netip.A
 	}
 	repeats := b.repeats(p, e.now, period)
 	d := &Decision{
-		Action: ActionBlock, Prefix: p, TTL: r.Block.TTLFor(repeats), Rule: r.Name,
+		Action: Block, Prefix: p, TTL: r.Block.TTLFor(repeats), Rule: r.Name,
 		Reason: fmt.Sprintf("%s: %d within %s", a.Key, a.Count, a.Window), EventTS: ev.Timestamp, Repeat: repeats,
 	}
 	if e.opts.Blocker != nil {

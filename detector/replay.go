@@ -104,7 +104,7 @@ func (r recorder) Block(d Decision) error {
 }
 
 func (r recorder) Unblock(p netip.Prefix) error {
-	r.emit(&decisionJSON{Type: "unblock", Action: ActionUnblock, Prefix: p.String()})
+	r.emit(&decisionJSON{Type: "unblock", Action: Unblock, Prefix: p.String()})
 	return nil
 }
 

@@ -209,12 +209,20 @@ func (s *PrefixSet) String() string {
 // pattern may use '*' (any run of bytes, also empty) and '?' (one byte); no
 // other byte is special. Matching works on the event's NUL-padded bytes and
 // never allocates.
+//
+// Exact names and "prefix*" patterns, the common forms, are indexed by
+// their first byte, so a comm is compared only with the few patterns that
+// start like it; other globs are tried in turn.
 type CommSet struct {
-	exact    [][event.CommLen]byte
-	exactMap map[[event.CommLen]byte]struct{} // exact, when it is long
-	prefixes []string                         // globs of the form "abc*"
+	byFirst  [256][]commPat
 	globs    []string
 	patterns []string // as written, sorted, for String
+}
+
+// commPat is an exact name (NUL padded) or, when prefix is set, a prefix.
+type commPat struct {
+	exact  [event.CommLen]byte
+	prefix string
 }
 
 func newCommSet(patterns []string) *CommSet {
@@ -224,42 +232,26 @@ func newCommSet(patterns []string) *CommSet {
 			continue
 		}
 		s.patterns = append(s.patterns, p)
-		if strings.ContainsAny(p, "*?") {
-			if pre, ok := strings.CutSuffix(p, "*"); ok && !strings.ContainsAny(pre, "*?") {
-				s.prefixes = append(s.prefixes, pre)
-			} else {
-				s.globs = append(s.globs, p)
-			}
-			continue
+		pre, isPrefix := strings.CutSuffix(p, "*")
+		switch {
+		case !strings.ContainsAny(p, "*?"):
+			var cp commPat
+			copy(cp.exact[:event.CommLen-1], p)
+			s.byFirst[p[0]] = append(s.byFirst[p[0]], cp)
+		case isPrefix && pre != "" && !strings.ContainsAny(pre, "*?"):
+			s.byFirst[pre[0]] = append(s.byFirst[pre[0]], commPat{prefix: pre})
+		default:
+			s.globs = append(s.globs, p)
 		}
-		var b [event.CommLen]byte
-		copy(b[:event.CommLen-1], p)
-		s.exact = append(s.exact, b)
 	}
 	slices.Sort(s.patterns)
-	if len(s.exact) > 8 { // a map lookup beats a long run of 16-byte compares
-		s.exactMap = make(map[[event.CommLen]byte]struct{}, len(s.exact))
-		for _, e := range s.exact {
-			s.exactMap[e] = struct{}{}
-		}
-	}
 	return s
 }
 
 // Match reports whether comm (NUL padded, as in event.Event.Comm) is in the set.
 func (s *CommSet) Match(comm *[event.CommLen]byte) bool {
-	if s.exactMap != nil {
-		if _, ok := s.exactMap[*comm]; ok {
-			return true
-		}
-	} else {
-		for i := range s.exact {
-			if s.exact[i] == *comm {
-				return true
-			}
-		}
-	}
-	if len(s.globs) == 0 && len(s.prefixes) == 0 {
+	cands := s.byFirst[comm[0]]
+	if len(cands) == 0 && len(s.globs) == 0 {
 		return false
 	}
 	n := 0
@@ -267,8 +259,13 @@ func (s *CommSet) Match(comm *[event.CommLen]byte) bool {
 		n++
 	}
 	name := comm[:n]
-	for _, p := range s.prefixes {
-		if len(name) >= len(p) && string(name[:len(p)]) == p {
+	for i := range cands {
+		c := &cands[i]
+		if c.prefix == "" {
+			if c.exact == *comm {
+				return true
+			}
+		} else if len(name) >= len(c.prefix) && string(name[:len(c.prefix)]) == c.prefix {
 			return true
 		}
 	}
