@@ -329,8 +329,8 @@ func (a *agentProc) log() string {
 	return string(b)
 }
 
-// serve starts a TCP listener inside h on port (0: any) that accepts and
-// closes connections, returning its address.
+// serve starts a TCP listener inside h on port (0: any) that accepts
+// connections and closes them after the client does, returning its address.
 func serve(t *testing.T, h *topology.Host, ip netip.Addr, port uint16) netip.AddrPort {
 	t.Helper()
 	var ln net.Listener
@@ -347,7 +347,14 @@ func serve(t *testing.T, h *topology.Host, ip netip.Addr, port uint16) netip.Add
 			if err != nil {
 				return
 			}
-			c.Close()
+			// Close only once the client has: the client's reset (see dial)
+			// then ends both sides, and no FIN from here is left to be
+			// retransmitted, and answered with resets, after a block.
+			go func() {
+				c.SetReadDeadline(time.Now().Add(30 * time.Second))
+				io.Copy(io.Discard, c)
+				c.Close()
+			}()
 		}
 	}()
 	return netip.MustParseAddrPort(ln.Addr().String())

@@ -83,7 +83,7 @@ func toAPIEntries(ents []bpf.Entry) []api.BlockEntry {
 func newBlocklistCmd() *cobra.Command {
 	var t target
 	var asJSON bool
-	cmd := &cobra.Command{Use: "blocklist", Short: "List, add, delete and flush blocklist entries"}
+	cmd := requireSubcommand(&cobra.Command{Use: "blocklist", Short: "List, add, delete and flush blocklist entries"})
 	t.bind(cmd)
 	list := &cobra.Command{
 		Use: "list", Short: "List entries with expiry, reason and hits", Args: cobra.NoArgs,

@@ -16,7 +16,7 @@ import (
 func init() { subcommands = append(subcommands, newRulesCmd) }
 
 func newRulesCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "rules", Short: "Validate, test and describe rule files"}
+	cmd := requireSubcommand(&cobra.Command{Use: "rules", Short: "Validate, test and describe rule files"})
 	cmd.AddCommand(&cobra.Command{
 		Use:   "validate [DIR]",
 		Short: "Load a rules directory (default: the embedded pack) and print every error",
