@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/connwarden/connwarden/bpf"
+	"github.com/connwarden/connwarden/cmd/connwarden/internal/agent"
 	"github.com/connwarden/connwarden/cmd/connwarden/internal/api"
 	"github.com/connwarden/connwarden/cmd/connwarden/internal/client"
 	"github.com/connwarden/connwarden/cmd/connwarden/internal/config"
@@ -67,19 +68,6 @@ func printEntries(w io.Writer, ents []api.BlockEntry) {
 	tw.Flush()
 }
 
-func toAPIEntries(ents []bpf.Entry) []api.BlockEntry {
-	out := make([]api.BlockEntry, 0, len(ents))
-	for _, e := range ents {
-		be := api.BlockEntry{Address: e.Prefix.String(), Reason: e.Reason.String(), Hits: e.Hits}
-		if !e.Expires.IsZero() {
-			t := e.Expires
-			be.Expires = &t
-		}
-		out = append(out, be)
-	}
-	return out
-}
-
 func newBlocklistCmd() *cobra.Command {
 	var t target
 	var asJSON bool
@@ -100,7 +88,7 @@ func newBlocklistCmd() *cobra.Command {
 				if lerr != nil {
 					return lerr
 				}
-				ents, err = toAPIEntries(raw), nil
+				ents, err = agent.APIEntries(raw), nil
 			}
 			if err != nil {
 				return err

@@ -605,6 +605,11 @@ func (b *backend) Blocklist() ([]api.BlockEntry, error) {
 	if err != nil {
 		return nil, err
 	}
+	return APIEntries(ents), nil
+}
+
+// APIEntries renders kernel blocklist entries as the API shows them.
+func APIEntries(ents []bpf.Entry) []api.BlockEntry {
 	out := make([]api.BlockEntry, 0, len(ents))
 	for _, e := range ents {
 		be := api.BlockEntry{Address: e.Prefix.String(), Reason: e.Reason.String(), Hits: e.Hits}
@@ -614,7 +619,7 @@ func (b *backend) Blocklist() ([]api.BlockEntry, error) {
 		}
 		out = append(out, be)
 	}
-	return out, nil
+	return out
 }
 
 // ErrAllowlisted refuses an API block of an address the agent protects.
