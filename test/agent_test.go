@@ -223,3 +223,25 @@ func TestDemoRuns(t *testing.T) {
 		t.Errorf("demo left namespaces %s*:\n%s", m[1], after)
 	}
 }
+
+// A change in the rules directory is noticed and loaded without a signal.
+func TestAgentReloadsOnRulesDirChange(t *testing.T) {
+	top := requireKernel(t)
+	a := newAgent(t, top, map[string]string{"burst.yaml": burstRule})
+	a.start()
+	a.writeRules("more.yaml", strings.ReplaceAll(burstRule, "e2e-inbound-burst", "e2e-added-later"))
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		var rs struct {
+			Rules []struct{ Name string } `json:"rules"`
+		}
+		if err := a.client().Do("GET", "/api/v1/rules", nil, &rs); err != nil {
+			t.Fatal(err)
+		}
+		if len(rs.Rules) == 2 {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("new rule file not loaded within 10s:\n%s", a.log())
+}
