@@ -329,55 +329,22 @@ func (a *agentProc) log() string {
 	return string(b)
 }
 
-// serve starts a TCP listener inside h on port (0: any) that accepts
-// connections and closes them after the client does, returning its address.
+// serve starts h.Serve's listener for the test's lifetime.
 func serve(t *testing.T, h *topology.Host, ip netip.Addr, port uint16) netip.AddrPort {
 	t.Helper()
-	var ln net.Listener
-	if err := h.Do(func() (err error) {
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(ip, port).String())
-		return err
-	}); err != nil {
+	addr, ln, err := h.Serve(ip, port)
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			// Close only once the client has: the client's reset (see dial)
-			// then ends both sides, and no FIN from here is left to be
-			// retransmitted, and answered with resets, after a block.
-			go func() {
-				c.SetReadDeadline(time.Now().Add(30 * time.Second))
-				io.Copy(io.Discard, c)
-				c.Close()
-			}()
-		}
-	}()
-	return netip.MustParseAddrPort(ln.Addr().String())
+	return addr
 }
 
-// dial makes n connections from h to dst, each with timeout, and resets each
-// at once; it returns how many connected.
+// dial makes n connections from h to dst (see Host.Dial); it returns how many
+// connected.
 func dial(t *testing.T, h *topology.Host, dst netip.AddrPort, n int, timeout time.Duration) int {
 	t.Helper()
-	ok := 0
-	err := h.Do(func() error {
-		for i := 0; i < n; i++ {
-			c, err := net.DialTimeout("tcp", dst.String(), timeout)
-			if err == nil {
-				ok++
-				// Close with a RST: a FIN could race a block and be
-				// retransmitted for minutes, muddling packet counts.
-				c.(*net.TCPConn).SetLinger(0)
-				c.Close()
-			}
-		}
-		return nil
-	})
+	ok, err := h.Dial(dst, n, timeout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -394,8 +361,4 @@ func requireKernel(t *testing.T) *topology.Topology {
 func (a *agentProc) startDefault(extra ...string) {
 	a.t.Helper()
 	a.start(append([]string{"--rules="}, extra...)...)
-}
-
-func netDialTCP(dst netip.AddrPort, timeout time.Duration) (net.Conn, error) {
-	return net.DialTimeout("tcp", dst.String(), timeout)
 }

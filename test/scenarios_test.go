@@ -2,8 +2,8 @@ package test
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -76,12 +76,10 @@ func (a *agentProc) quiet() stats {
 // answered.
 func ping(t *testing.T, h *topology.Host, dst netip.Addr, count int) int {
 	t.Helper()
-	out, _ := h.Command("ping", "-n", "-q", "-c", strconv.Itoa(count), "-i", "0.05", "-W", "1", dst.String()).CombinedOutput()
-	m := regexp.MustCompile(`(\d+) received`).FindSubmatch(out)
-	if m == nil {
-		t.Fatalf("ping output: %s", out)
+	n, err := h.Ping(dst, count)
+	if err != nil {
+		t.Fatal(err)
 	}
-	n, _ := strconv.Atoi(string(m[1]))
 	return n
 }
 
@@ -180,7 +178,7 @@ func TestScenarioClosedPortProbe(t *testing.T) {
 	a.startDefault()
 	err := top.Attacker.Do(func() error {
 		for p := 1; p <= 20; p++ {
-			c, err := netDialTCP(netip.AddrPortFrom(top.Victim.IPv4, uint16(1000+p)), 300*time.Millisecond)
+			c, err := net.DialTimeout("tcp", netip.AddrPortFrom(top.Victim.IPv4, uint16(1000+p)).String(), 300*time.Millisecond)
 			if err == nil {
 				c.Close()
 			}

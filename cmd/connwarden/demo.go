@@ -10,13 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -105,10 +102,11 @@ func runDemo(out io.Writer) (err error) {
 		return err
 	}
 	d.say("agent ready: XDP blocklist attached to %s, tracer on connect() and TCP state changes", d.top.Victim.IfName)
-	svc, err := d.serve(vic)
+	svc, ln, err := d.top.Victim.Serve(vic, 0)
 	if err != nil {
 		return err
 	}
+	defer ln.Close()
 	d.say("a TCP service listens on the victim at %s", svc)
 
 	d.section("Baseline: the attacker pings and connects once; everything passes")
@@ -200,49 +198,16 @@ func (d *demo) startAgent() error {
 	return fmt.Errorf("agent not ready after 30s:\n%s", b2)
 }
 
-func (d *demo) serve(ip netip.Addr) (netip.AddrPort, error) {
-	var ln net.Listener
-	err := d.top.Victim.Do(func() (err error) {
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(ip, 0).String())
-		return err
-	})
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	return netip.MustParseAddrPort(ln.Addr().String()), nil
-}
-
+// dial and ping run from the attacker; a failure to run them counts as
+// nothing getting through, which the narration then shows.
 func (d *demo) dial(dst netip.AddrPort, n int) int {
-	ok := 0
-	d.top.Attacker.Do(func() error {
-		for i := 0; i < n; i++ {
-			if c, err := net.DialTimeout("tcp", dst.String(), time.Second); err == nil {
-				ok++
-				c.(*net.TCPConn).SetLinger(0)
-				c.Close()
-			}
-		}
-		return nil
-	})
+	ok, _ := d.top.Attacker.Dial(dst, n, time.Second)
 	return ok
 }
 
 func (d *demo) ping(dst netip.Addr, n int) int {
-	out, _ := d.top.Attacker.Command("ping", "-n", "-q", "-c", strconv.Itoa(n), "-i", "0.1", "-W", "1", dst.String()).CombinedOutput()
-	if m := regexp.MustCompile(`(\d+) received`).FindSubmatch(out); m != nil {
-		v, _ := strconv.Atoi(string(m[1]))
-		return v
-	}
-	return 0
+	ok, _ := d.top.Attacker.Ping(dst, n)
+	return ok
 }
 
 func (d *demo) stats() (api.Stats, error) {

@@ -17,13 +17,18 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"math/big"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -216,4 +221,64 @@ func (top *Topology) PinNeighbors() error {
 		}
 	}
 	return nil
+}
+
+// Serve starts a TCP listener inside h on ip:port (port 0: any) that accepts
+// connections and closes each once its client has (a client that resets, as
+// Dial does, then ends both sides and no FIN from h is left to be
+// retransmitted after a block). Close the returned listener to stop it.
+func (h *Host) Serve(ip netip.Addr, port uint16) (netip.AddrPort, io.Closer, error) {
+	var ln net.Listener
+	if err := h.Do(func() (err error) {
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(ip, port).String())
+		return err
+	}); err != nil {
+		return netip.AddrPort{}, nil, err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				c.SetReadDeadline(time.Now().Add(30 * time.Second))
+				io.Copy(io.Discard, c)
+				c.Close()
+			}()
+		}
+	}()
+	return netip.MustParseAddrPort(ln.Addr().String()), ln, nil
+}
+
+// Dial makes n connections from h to dst, each with timeout, and resets each
+// at once (a FIN could race a block and be retransmitted for minutes,
+// muddling packet counts); it returns how many connected.
+func (h *Host) Dial(dst netip.AddrPort, n int, timeout time.Duration) (int, error) {
+	ok := 0
+	err := h.Do(func() error {
+		for i := 0; i < n; i++ {
+			c, err := net.DialTimeout("tcp", dst.String(), timeout)
+			if err == nil {
+				ok++
+				c.(*net.TCPConn).SetLinger(0)
+				c.Close()
+			}
+		}
+		return nil
+	})
+	return ok, err
+}
+
+var pingReceived = regexp.MustCompile(`(\d+) received`)
+
+// Ping sends count echo requests from h to dst, 50ms apart, and returns how
+// many were answered.
+func (h *Host) Ping(dst netip.Addr, count int) (int, error) {
+	out, _ := h.Command("ping", "-n", "-q", "-c", strconv.Itoa(count), "-i", "0.05", "-W", "1", dst.String()).CombinedOutput()
+	m := pingReceived.FindSubmatch(out)
+	if m == nil {
+		return 0, fmt.Errorf("ping %v from %s: %s", dst, h.Name, out)
+	}
+	return strconv.Atoi(string(m[1]))
 }
