@@ -2,8 +2,11 @@
 
 /*
  * The connection tracer: outbound connect() calls, TCP handshakes and their
- * outcome, passive opens and RSTs sent, as struct event records in a ring buffer
- * that package bpf decodes into event.Event (decode.go).
+ * outcome, passive opens, inbound connections that end soon after they
+ * began, and RSTs sent, as struct event records in the ring buffer (events.h)
+ * that package bpf decodes into event.Event (decode.go). pam.bpf.c writes
+ * authentication records into the same ring and reads the inbound map kept
+ * here.
  *
  * Program sets, loaded separately from Go so that one the kernel refuses does
  * not take the others down (they share every map):
@@ -21,76 +24,28 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 
+#include "events.h"
+
 char __license[] SEC("license") = "Dual BSD/GPL";
 
 /* Knobs, set from Go before load (spec.Variables). */
 
-/* Events of this process (the agent's own) are not reported; 0 reports all. */
-const volatile __u32 exclude_tgid = 0;
-/* Submit without waking user space until this many bytes are pending. */
-const volatile __u64 wakeup_bytes = 64 * 1024;
 /* The socket state tracepoint reports CLOSE->SYN_SENT as the TCP attempt. Go
  * sets it only when no tcp_connect hook could be loaded and attached. */
 const volatile bool attempt_from_state = true;
+/* An inbound connection that leaves ESTABLISHED within this many ns of being
+ * established is reported as KIND_INBOUND_SHORT; 0 reports none. */
+const volatile __u64 short_session_ns = 5000000000ULL;
 
-enum kind {
-	KIND_CONNECT = 1,
-	KIND_TCP_ATTEMPT = 2,
-	KIND_TCP_ESTABLISHED = 3,
-	KIND_TCP_CLOSE = 4,
-	KIND_INBOUND_ACCEPT = 5,
-	KIND_RESET_SENT = 6,
-};
-
-enum direction {
-	DIR_OUTBOUND = 1,
-	DIR_INBOUND = 2,
-};
-
-/*
- * One ring buffer record. Naturally aligned, explicit padding, 96 bytes;
- * decode.go reads it by these offsets and a test holds the two together.
- * Addresses are in network byte order (IPv4 in the first 4 bytes), ports in
- * host byte order. A local address and port that are both zero mean unknown
- * (connect() reports before the kernel picks them).
- */
-struct event {
-	__u64 ts;		/* 0: bpf_ktime_get_ns */
-	__u64 cgroup;		/* 8 */
-	__u32 pid;		/* 16: thread id */
-	__u32 tgid;		/* 20: process id */
-	__u32 uid;		/* 24 */
-	__s32 result;		/* 28: 0 or -errno */
-	__u8 laddr[16];		/* 32 */
-	__u8 raddr[16];		/* 48 */
-	__u16 lport;		/* 64 */
-	__u16 rport;		/* 66 */
-	__u16 family;		/* 68: AF_INET or AF_INET6 */
-	__u8 kind;		/* 70: enum kind */
-	__u8 direction;		/* 71: enum direction */
-	__u8 state;		/* 72: TCP state after the transition, or 0 */
-	__u8 _pad[7];		/* 73 */
-	__u8 comm[TASK_COMM_LEN]; /* 80 */
-};
-
-/* Puts struct event and its enums into the object's BTF, from which bpf2go
+/* Puts the records and their enums into the object's BTF, from which bpf2go
  * (-type) generates the Go declarations decode.go is checked against. */
 struct btf_anchor {
 	struct event event;
+	struct auth_event auth_event;
 	enum kind kind;
 	enum direction direction;
 };
 const struct btf_anchor *btf_anchor __attribute__((unused));
-
-/* The process that started an outbound handshake. */
-struct proc_info {
-	__u64 cgroup;
-	__u32 pid;
-	__u32 tgid;
-	__u32 uid;
-	__u32 _pad;
-	__u8 comm[TASK_COMM_LEN];
-};
 
 /* A connect() in flight: the destination the caller passed. */
 struct connect_args {
@@ -107,41 +62,6 @@ struct proc_stats {
 	__u64 last_seen;	/* bpf_ktime_get_ns of the latest attempt or failure */
 	__u8 comm[TASK_COMM_LEN];
 };
-
-/*
- * events: the ring buffer of struct event.
- * Producers: every program here (reserve, submit). Consumer: Go,
- * Tracer.Read, which frees records by reading them.
- * Size set from Go before load (TracerOptions.RingBufferBytes).
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4 << 20);
-} events SEC(".maps");
-
-/*
- * lost: key 0 -> u64, per CPU: records that did not fit in events.
- * Inserted: preallocated (array). Written: reserve() when bpf_ringbuf_reserve
- * fails. Deleted: never. Read: Go, Tracer.Lost (summed over CPUs).
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} lost SEC(".maps");
-
-/*
- * submits: key 0 -> u32, per CPU: records submitted on this CPU, so that
- * submit() asks the ring for its pending bytes only every QUERY_EVERY records.
- * Inserted: preallocated (array). Written and read: submit(). Deleted: never.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} submits SEC(".maps");
 
 /*
  * connect_args: pid_tgid (u64) -> struct connect_args.
@@ -184,72 +104,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct proc_stats);
 } procs SEC(".maps");
-
-static __always_inline bool excluded(__u32 tgid)
-{
-	return exclude_tgid != 0 && tgid == exclude_tgid;
-}
-
-/* reserve returns a zeroed record stamped now (bpf_ktime_get_ns), or NULL
- * after counting the loss. */
-static __always_inline struct event *reserve(__u64 now)
-{
-	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		__u32 key = 0;
-		__u64 *n = bpf_map_lookup_elem(&lost, &key);
-		if (n)
-			*n += 1;
-		return NULL;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
-	e->ts = now;
-	return e;
-}
-
-/*
- * submit wakes the reader only once wakeup_bytes are pending; the reader polls
- * with a short deadline for the rest. bpf_ringbuf_query costs about as much as
- * the rest of submitting (it reads the consumer position user space writes),
- * so each CPU asks only every QUERY_EVERY records: the wakeup comes at most
- * QUERY_EVERY records per CPU late, a few hundred bytes against 64 KiB. A
- * threshold no bigger than one record is met by the record itself.
- */
-#define QUERY_EVERY 8
-
-static __always_inline void submit(struct event *e)
-{
-	__u64 flags = BPF_RB_NO_WAKEUP;
-	if (wakeup_bytes <= sizeof(*e)) {
-		flags = BPF_RB_FORCE_WAKEUP;
-	} else {
-		__u32 key = 0;
-		__u32 *n = bpf_map_lookup_elem(&submits, &key);
-		if (n && ++*n % QUERY_EVERY == 0 &&
-		    bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
-			flags = BPF_RB_FORCE_WAKEUP;
-	}
-	bpf_ringbuf_submit(e, flags);
-}
-
-/* current_proc fills p from the current task; id is bpf_get_current_pid_tgid(). */
-static __always_inline void current_proc(struct proc_info *p, __u64 id)
-{
-	p->pid = (__u32)id;
-	p->tgid = id >> 32;
-	p->uid = (__u32)bpf_get_current_uid_gid();
-	p->cgroup = bpf_get_current_cgroup_id();
-	bpf_get_current_comm(p->comm, sizeof(p->comm));
-}
-
-static __always_inline void set_proc(struct event *e, const struct proc_info *p)
-{
-	e->pid = p->pid;
-	e->tgid = p->tgid;
-	e->uid = p->uid;
-	e->cgroup = p->cgroup;
-	__builtin_memcpy(e->comm, p->comm, sizeof(e->comm));
-}
 
 static __always_inline struct proc_stats *stats_of(__u32 tgid)
 {
@@ -306,11 +160,11 @@ static __always_inline int on_tcp_connect(struct sock *sk)
 	e->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	e->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	if (family == AF_INET) {
-		BPF_CORE_READ_INTO(e->laddr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO(e->raddr, sk, __sk_common.skc_daddr);
+		bpf_core_read(e->laddr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_core_read(e->raddr, 4, &sk->__sk_common.skc_daddr);
 	} else {
-		BPF_CORE_READ_INTO(e->laddr, sk, __sk_common.skc_v6_rcv_saddr);
-		BPF_CORE_READ_INTO(e->raddr, sk, __sk_common.skc_v6_daddr);
+		bpf_core_read(e->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(e->raddr, 16, &sk->__sk_common.skc_v6_daddr);
 	}
 	attempt_event(e, &p);
 	return 0;
@@ -437,6 +291,38 @@ static __always_inline void on_outcome(struct tp_inet_sock_set_state *ctx, __u16
 		submit(e);
 }
 
+/*
+ * inbound_transition follows an inbound connection after its passive open: the
+ * first change out of ESTABLISHED (either side closing, or a reset) judges its
+ * lifetime, and the final ->CLOSE forgets it. A socket that is not in inbound
+ * (outbound, or accepted before the tracer) costs one lookup.
+ */
+static __always_inline void inbound_transition(struct tp_inet_sock_set_state *ctx, __u16 family,
+					       __u64 sk, int oldstate, int newstate)
+{
+	struct inbound_sock *in = bpf_map_lookup_elem(&inbound, &sk);
+	if (!in)
+		return;
+	if (oldstate == TCP_ESTABLISHED && !in->ended) {
+		in->ended = 1;
+		__u64 now = bpf_ktime_get_ns();
+		__u64 lifetime = now - in->established;
+		if (lifetime < short_session_ns) {
+			struct event *e = reserve(now);
+			if (e) {
+				state_addrs(e, ctx, family);
+				e->kind = KIND_INBOUND_SHORT;
+				e->direction = DIR_INBOUND;
+				e->state = newstate;
+				e->lifetime_ms = lifetime / 1000000;
+				submit(e);
+			}
+		}
+	}
+	if (newstate == TCP_CLOSE)
+		bpf_map_delete_elem(&inbound, &sk);
+}
+
 SEC("tracepoint/sock/inet_sock_set_state")
 int tp_sock_set_state(struct tp_inet_sock_set_state *ctx)
 {
@@ -450,6 +336,10 @@ int tp_sock_set_state(struct tp_inet_sock_set_state *ctx)
 	__u64 sk = ctx->skaddr;
 
 	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
+		/* A socket freed without reaching CLOSE would leave its address
+		 * in inbound for a new socket to inherit: an outbound socket is
+		 * never taken for an inbound connection. */
+		bpf_map_delete_elem(&inbound, &sk);
 		if (!attempt_from_state)
 			return 0;
 		struct proc_info p = {};
@@ -467,6 +357,11 @@ int tp_sock_set_state(struct tp_inet_sock_set_state *ctx)
 		return 0;
 	}
 
+	if (oldstate == TCP_ESTABLISHED ||
+	    (newstate == TCP_CLOSE && oldstate != TCP_SYN_SENT && oldstate != TCP_SYN_RECV)) {
+		inbound_transition(ctx, family, sk, oldstate, newstate);
+		return 0;
+	}
 	if (oldstate != TCP_SYN_SENT && oldstate != TCP_SYN_RECV)
 		return 0;
 
@@ -489,7 +384,10 @@ int tp_sock_set_state(struct tp_inet_sock_set_state *ctx)
 	 * before the tracer or by the excluded process, which we do not report. */
 	if (oldstate != TCP_SYN_RECV || newstate != TCP_ESTABLISHED)
 		return 0;
-	struct event *e = reserve(bpf_ktime_get_ns());
+	__u64 now = bpf_ktime_get_ns();
+	struct inbound_sock in = {.established = now};
+	bpf_map_update_elem(&inbound, &sk, &in, BPF_ANY);
+	struct event *e = reserve(now);
 	if (!e)
 		return 0;
 	state_addrs(e, ctx, family);

@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type connectAuthEvent struct {
+	_       structs.HostLayout
+	Base    connectEvent
+	Service [32]uint8
+	User    [32]uint8
+}
+
 type connectConnectArgs struct {
 	_      structs.HostLayout
 	Family uint16
@@ -29,23 +36,32 @@ const (
 )
 
 type connectEvent struct {
-	_         structs.HostLayout
-	Ts        uint64
-	Cgroup    uint64
-	Pid       uint32
-	Tgid      uint32
-	Uid       uint32
-	Result    int32
-	Laddr     [16]uint8
-	Raddr     [16]uint8
-	Lport     uint16
-	Rport     uint16
-	Family    uint16
-	Kind      uint8
-	Direction uint8
-	State     uint8
-	Pad       [7]uint8
-	Comm      [16]uint8
+	_          structs.HostLayout
+	Ts         uint64
+	Cgroup     uint64
+	Pid        uint32
+	Tgid       uint32
+	Uid        uint32
+	Result     int32
+	Laddr      [16]uint8
+	Raddr      [16]uint8
+	Lport      uint16
+	Rport      uint16
+	Family     uint16
+	Kind       uint8
+	Direction  uint8
+	State      uint8
+	Peers      uint8
+	Pad        [2]uint8
+	LifetimeMs uint32
+	Comm       [16]uint8
+}
+
+type connectInboundSock struct {
+	_           structs.HostLayout
+	Established uint64
+	Ended       uint8
+	Pad         [7]uint8
 }
 
 type connectKind uint32
@@ -57,6 +73,9 @@ const (
 	connectKindKIND_TCP_CLOSE       connectKind = 4
 	connectKindKIND_INBOUND_ACCEPT  connectKind = 5
 	connectKindKIND_RESET_SENT      connectKind = 6
+	connectKindKIND_INBOUND_SHORT   connectKind = 7
+	connectKindKIND_AUTH            connectKind = 8
+	connectKindKIND_AUTH_ACCOUNT    connectKind = 9
 )
 
 type connectProcInfo struct {
@@ -83,6 +102,7 @@ type connectProcStats struct {
 const (
 	connectMapConnectArgs       = "connect_args"
 	connectMapEvents            = "events"
+	connectMapInbound           = "inbound"
 	connectMapLost              = "lost"
 	connectMapProcs             = "procs"
 	connectMapSocks             = "socks"
@@ -96,6 +116,7 @@ const (
 	connectVarAttemptFromState  = "attempt_from_state"
 	connectVarBtfAnchor         = "btf_anchor"
 	connectVarExcludeTgid       = "exclude_tgid"
+	connectVarShortSessionNs    = "short_session_ns"
 	connectVarWakeupBytes       = "wakeup_bytes"
 )
 
@@ -155,6 +176,7 @@ type connectProgramSpecs struct {
 type connectMapSpecs struct {
 	ConnectArgs *ebpf.MapSpec `ebpf:"connect_args"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
+	Inbound     *ebpf.MapSpec `ebpf:"inbound"`
 	Lost        *ebpf.MapSpec `ebpf:"lost"`
 	Procs       *ebpf.MapSpec `ebpf:"procs"`
 	Socks       *ebpf.MapSpec `ebpf:"socks"`
@@ -168,6 +190,7 @@ type connectVariableSpecs struct {
 	AttemptFromState *ebpf.VariableSpec `ebpf:"attempt_from_state"`
 	BtfAnchor        *ebpf.VariableSpec `ebpf:"btf_anchor"`
 	ExcludeTgid      *ebpf.VariableSpec `ebpf:"exclude_tgid"`
+	ShortSessionNs   *ebpf.VariableSpec `ebpf:"short_session_ns"`
 	WakeupBytes      *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
@@ -193,6 +216,7 @@ func (o *connectObjects) Close() error {
 type connectMaps struct {
 	ConnectArgs *ebpf.Map `ebpf:"connect_args"`
 	Events      *ebpf.Map `ebpf:"events"`
+	Inbound     *ebpf.Map `ebpf:"inbound"`
 	Lost        *ebpf.Map `ebpf:"lost"`
 	Procs       *ebpf.Map `ebpf:"procs"`
 	Socks       *ebpf.Map `ebpf:"socks"`
@@ -203,6 +227,7 @@ func (m *connectMaps) Close() error {
 	return _ConnectClose(
 		m.ConnectArgs,
 		m.Events,
+		m.Inbound,
 		m.Lost,
 		m.Procs,
 		m.Socks,
@@ -217,6 +242,7 @@ type connectVariables struct {
 	AttemptFromState *ebpf.Variable `ebpf:"attempt_from_state"`
 	BtfAnchor        *ebpf.Variable `ebpf:"btf_anchor"`
 	ExcludeTgid      *ebpf.Variable `ebpf:"exclude_tgid"`
+	ShortSessionNs   *ebpf.Variable `ebpf:"short_session_ns"`
 	WakeupBytes      *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 

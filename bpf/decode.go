@@ -27,8 +27,15 @@ const (
 	offKind        = 70
 	offDirection   = 71
 	offState       = 72
+	offPeers       = 73
+	offLifetime    = 76
 	offComm        = 80
 	addrFieldBytes = 16
+
+	// struct auth_event: struct event, then the PAM handle's strings.
+	authEventSize = 160
+	offService    = 96
+	offUser       = 128
 )
 
 // Address families as the kernel numbers them.
@@ -55,19 +62,29 @@ func decodeEvent(raw []byte, ev *event.Event) error {
 	if len(raw) < eventSize {
 		return fmt.Errorf("decode event: %d bytes, want %d: %w", len(raw), eventSize, ErrMalformedRecord)
 	}
-	raw = raw[:eventSize]
 	ne := binary.NativeEndian
 
 	kind, ok := eventKind(connectKind(raw[offKind]))
 	if !ok {
 		return fmt.Errorf("decode event: kind %d: %w", raw[offKind], ErrMalformedRecord)
 	}
+	size := eventSize
+	if kind.IsAuth() {
+		size = authEventSize
+		if len(raw) < size {
+			return fmt.Errorf("decode event: %s record of %d bytes, want %d: %w", kind, len(raw), size, ErrMalformedRecord)
+		}
+	}
+	raw = raw[:size]
 	dir, ok := eventDirection(connectDirection(raw[offDirection]))
-	if !ok {
+	family := ne.Uint16(raw[offFamily:])
+	// An authentication whose peer is unknown has neither direction nor
+	// addresses; every other record has both.
+	noPeer := kind.IsAuth() && raw[offDirection] == 0 && family == 0
+	if !ok && !noPeer {
 		return fmt.Errorf("decode event: direction %d: %w", raw[offDirection], ErrMalformedRecord)
 	}
-	family := ne.Uint16(raw[offFamily:])
-	if family != afInet && family != afInet6 {
+	if family != afInet && family != afInet6 && !noPeer {
 		return fmt.Errorf("decode event: address family %d: %w", family, ErrMalformedRecord)
 	}
 
@@ -80,10 +97,40 @@ func decodeEvent(raw []byte, ev *event.Event) error {
 	ev.Kind = kind
 	ev.Direction = dir
 	ev.State = raw[offState]
+	ev.Peers = raw[offPeers]
+	ev.LifetimeMS = ne.Uint32(raw[offLifetime:])
 	copy(ev.Comm[:], raw[offComm:offComm+event.CommLen])
-	ev.Local = recordAddrPort(family, raw[offLocalAddr:offLocalAddr+addrFieldBytes], ne.Uint16(raw[offLocalPort:]))
-	ev.Remote = recordAddrPort(family, raw[offRemoteAddr:offRemoteAddr+addrFieldBytes], ne.Uint16(raw[offRemotePort:]))
+	if noPeer {
+		ev.Local, ev.Remote = netip.AddrPort{}, netip.AddrPort{}
+	} else {
+		ev.Local = recordAddrPort(family, raw[offLocalAddr:offLocalAddr+addrFieldBytes], ne.Uint16(raw[offLocalPort:]))
+		ev.Remote = recordAddrPort(family, raw[offRemoteAddr:offRemoteAddr+addrFieldBytes], ne.Uint16(raw[offRemotePort:]))
+	}
+	if size == authEventSize {
+		copyCStr(ev.Service[:], raw[offService:offService+event.AuthStrLen])
+		copyCStr(ev.User[:], raw[offUser:offUser+event.AuthStrLen])
+	} else {
+		ev.Service, ev.User = [event.AuthStrLen]byte{}, [event.AuthStrLen]byte{}
+	}
 	return nil
+}
+
+// copyCStr copies a NUL-terminated kernel string, keeping it only if it is
+// printable ASCII: the kernel reads the PAM handle at fixed offsets, and a
+// libpam with another layout must yield an empty name, never garbage.
+func copyCStr(dst, src []byte) {
+	clear(dst)
+	n := 0
+	for n < len(src) && src[n] != 0 {
+		if src[n] < 0x20 || src[n] > 0x7e {
+			return
+		}
+		n++
+	}
+	if n == len(src) {
+		n-- // keep the NUL
+	}
+	copy(dst, src[:n])
 }
 
 func recordAddrPort(family uint16, b []byte, port uint16) netip.AddrPort {
@@ -113,6 +160,12 @@ func eventKind(k connectKind) (event.Kind, bool) {
 		return event.KindInboundAccept, true
 	case connectKindKIND_RESET_SENT:
 		return event.KindResetSent, true
+	case connectKindKIND_INBOUND_SHORT:
+		return event.KindInboundShort, true
+	case connectKindKIND_AUTH:
+		return event.KindAuth, true
+	case connectKindKIND_AUTH_ACCOUNT:
+		return event.KindAuthAccount, true
 	}
 	return event.KindUnknown, false
 }

@@ -19,6 +19,7 @@ import (
 // Go declaration bpf2go generated from the object's BTF.
 func TestEventLayout(t *testing.T) {
 	var e connectEvent
+	var a connectAuthEvent
 	got := map[string]uintptr{
 		"size":      unsafe.Sizeof(e),
 		"ts":        unsafe.Offsetof(e.Ts),
@@ -35,7 +36,13 @@ func TestEventLayout(t *testing.T) {
 		"kind":      unsafe.Offsetof(e.Kind),
 		"direction": unsafe.Offsetof(e.Direction),
 		"state":     unsafe.Offsetof(e.State),
+		"peers":     unsafe.Offsetof(e.Peers),
+		"lifetime":  unsafe.Offsetof(e.LifetimeMs),
 		"comm":      unsafe.Offsetof(e.Comm),
+		"auth size": unsafe.Sizeof(a),
+		"service":   unsafe.Offsetof(a.Service),
+		"user":      unsafe.Offsetof(a.User),
+		"str size":  unsafe.Sizeof(a.User),
 		"addr size": unsafe.Sizeof(e.Laddr),
 		"comm size": unsafe.Sizeof(e.Comm),
 	}
@@ -55,7 +62,13 @@ func TestEventLayout(t *testing.T) {
 		"kind":      offKind,
 		"direction": offDirection,
 		"state":     offState,
+		"peers":     offPeers,
+		"lifetime":  offLifetime,
 		"comm":      offComm,
+		"auth size": authEventSize,
+		"service":   offService,
+		"user":      offUser,
+		"str size":  event.AuthStrLen,
 		"addr size": addrFieldBytes,
 		"comm size": event.CommLen,
 	}
@@ -199,6 +212,92 @@ func TestDecodeEvent(t *testing.T) {
 	}
 }
 
+// authRecord is a struct auth_event as pam.bpf.c writes it.
+func authRecord(t testing.TB, a connectAuthEvent) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := binary.Write(&buf, binary.NativeEndian, &a); err != nil {
+		t.Fatalf("encode record: %v", err)
+	}
+	return buf.Bytes()
+}
+
+func str32(s string) (b [32]uint8) {
+	copy(b[:], s)
+	return b
+}
+
+func TestDecodeAuthEvent(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	withStrs := func(e event.Event, service, user string) event.Event {
+		e.SetService(service)
+		e.SetUser(user)
+		return e
+	}
+	for _, tc := range []struct {
+		name string
+		in   connectAuthEvent
+		want event.Event
+	}{
+		{
+			name: "failure with a known ipv6 peer",
+			in: connectAuthEvent{
+				Base: connectEvent{
+					Ts: 10, Pid: 7, Tgid: 7, Result: 7, Kind: uint8(connectKindKIND_AUTH),
+					Direction: uint8(connectDirectionDIR_INBOUND), Family: afInet6, Peers: 1,
+					Laddr: addr16("2001:db8::1"), Lport: 22, Raddr: addr16("2001:db8::99"), Rport: 50000,
+					Comm: commBytes("sshd"),
+				},
+				Service: str32("sshd"), User: str32("root"),
+			},
+			want: withStrs(event.Event{
+				Timestamp: 10, PID: 7, TGID: 7, Result: event.PAMAuthErr, Kind: event.KindAuth,
+				Direction: event.DirInbound, Peers: 1, Comm: commBytes("sshd"),
+				Local: ap("[2001:db8::1]:22"), Remote: ap("[2001:db8::99]:50000"),
+			}, "sshd", "root"),
+		},
+		{
+			name: "account check, peer unknown among two",
+			in: connectAuthEvent{
+				Base:    connectEvent{Ts: 11, Kind: uint8(connectKindKIND_AUTH_ACCOUNT), Peers: 2},
+				Service: str32("login"), User: str32("a-user-name-of-exactly-31-bytes"),
+			},
+			want: withStrs(event.Event{Timestamp: 11, Kind: event.KindAuthAccount, Peers: 2},
+				"login", "a-user-name-of-exactly-31-bytes"),
+		},
+		{
+			name: "unreadable or foreign strings are dropped",
+			in: connectAuthEvent{
+				Base:    connectEvent{Kind: uint8(connectKindKIND_AUTH), Peers: event.PeersUnknown},
+				Service: str32("ss\x01hd"), User: [32]uint8{0xff, 'x'},
+			},
+			want: withStrs(event.Event{Kind: event.KindAuth, Peers: event.PeersUnknown}, "", ""),
+		},
+		{
+			name: "inbound short session",
+			in: connectAuthEvent{Base: connectEvent{
+				Ts: 3, Kind: uint8(connectKindKIND_INBOUND_SHORT), Direction: uint8(connectDirectionDIR_INBOUND),
+				Family: afInet, Laddr: addr16("192.0.2.1"), Lport: 22, Raddr: addr16("198.51.100.2"), Rport: 4000,
+				State: 8, LifetimeMs: 1234,
+			}},
+			want: event.Event{
+				Timestamp: 3, Kind: event.KindInboundShort, Direction: event.DirInbound, State: 8, LifetimeMS: 1234,
+				Local: ap("192.0.2.1:22"), Remote: ap("198.51.100.2:4000"),
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := withStrs(event.Event{Timestamp: 99, Local: ap("1.1.1.1:1"), Remote: ap("1.1.1.1:2")}, "stale", "stale")
+			if err := decodeEvent(authRecord(t, tc.in), &got); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, got, cmpopts.EquateComparable(netip.AddrPort{})); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
 func TestDecodeEventMalformed(t *testing.T) {
 	good := connectEvent{
 		Family: afInet, Kind: uint8(connectKindKIND_CONNECT), Direction: uint8(connectDirectionDIR_OUTBOUND),
@@ -210,7 +309,16 @@ func TestDecodeEventMalformed(t *testing.T) {
 		{"empty", func() []byte { return nil }},
 		{"short", func() []byte { return eventRecord(t, good)[:eventSize-1] }},
 		{"kind 0", func() []byte { e := good; e.Kind = 0; return eventRecord(t, e) }},
-		{"kind 7", func() []byte { e := good; e.Kind = 7; return eventRecord(t, e) }},
+		{"kind 10", func() []byte { e := good; e.Kind = 10; return eventRecord(t, e) }},
+		{"auth record cut to an event's size", func() []byte {
+			e := good
+			e.Kind = uint8(connectKindKIND_AUTH)
+			return eventRecord(t, e)
+		}},
+		{"connect without a direction", func() []byte { e := good; e.Direction = 0; e.Family = 0; return eventRecord(t, e) }},
+		{"auth with a family but no direction", func() []byte {
+			return authRecord(t, connectAuthEvent{Base: connectEvent{Kind: uint8(connectKindKIND_AUTH), Family: afInet}})
+		}},
 		{"direction 3", func() []byte { e := good; e.Direction = 3; return eventRecord(t, e) }},
 		{"family 1", func() []byte { e := good; e.Family = 1; return eventRecord(t, e) }},
 	} {
@@ -249,6 +357,11 @@ func encodeEvent(t testing.TB, ev *event.Event) []byte {
 			e.Direction = uint8(k)
 		}
 	}
+	e.Peers, e.LifetimeMs = ev.Peers, ev.LifetimeMS
+	if ev.Kind.IsAuth() && !ev.Remote.IsValid() && !ev.Local.IsValid() && ev.Direction == event.DirUnknown {
+		e.Family, e.Direction = 0, 0
+		return authRecord(t, connectAuthEvent{Base: e, Service: ev.Service, User: ev.User})
+	}
 	if ev.Local.Addr().Is6() || ev.Remote.Addr().Is6() {
 		e.Family = afInet6
 		if ev.Local.IsValid() {
@@ -267,6 +380,9 @@ func encodeEvent(t testing.TB, ev *event.Event) []byte {
 			copy(e.Raddr[:], b[:])
 		}
 	}
+	if ev.Kind.IsAuth() {
+		return authRecord(t, connectAuthEvent{Base: e, Service: ev.Service, User: ev.User})
+	}
 	return eventRecord(t, e)
 }
 
@@ -275,9 +391,13 @@ func FuzzDecodeEvent(f *testing.F) {
 		{Family: afInet, Kind: 1, Direction: 1, Raddr: addr16("127.0.0.1"), Rport: 80, Result: -111},
 		{Family: afInet6, Kind: 3, Direction: 1, Laddr: addr16("::1"), Lport: 1, Raddr: addr16("::ffff:10.0.0.1"), Rport: 2},
 		{Family: afInet6, Kind: 5, Direction: 2, Laddr: addr16("2001:db8::1"), Raddr: addr16("::")},
+		{Family: afInet, Kind: 7, Direction: 2, Raddr: addr16("10.0.0.1"), Rport: 9, LifetimeMs: 5},
 	} {
 		f.Add(eventRecord(f, e))
 	}
+	f.Add(authRecord(f, connectAuthEvent{Base: connectEvent{Kind: 8, Peers: 2}, Service: str32("sshd")}))
+	f.Add(authRecord(f, connectAuthEvent{Base: connectEvent{Kind: 9, Family: afInet, Direction: 2, Peers: 1,
+		Raddr: addr16("10.0.0.1")}, User: str32("root")}))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		var ev event.Event
 		if err := decodeEvent(raw, &ev); err != nil {
@@ -286,8 +406,18 @@ func FuzzDecodeEvent(f *testing.F) {
 			}
 			return
 		}
-		if ev.Kind == event.KindUnknown || ev.Direction == event.DirUnknown {
-			t.Fatalf("decoded unknown kind or direction: %+v", ev)
+		if ev.Kind == event.KindUnknown {
+			t.Fatalf("decoded unknown kind: %+v", ev)
+		}
+		if ev.Direction == event.DirUnknown && (!ev.Kind.IsAuth() || ev.PeerKnown()) {
+			t.Fatalf("decoded unknown direction for a %s event with a peer: %+v", ev.Kind, ev)
+		}
+		for _, b := range [][]byte{ev.ServiceBytes(), ev.UserBytes()} {
+			for _, c := range b {
+				if c < 0x20 || c > 0x7e {
+					t.Fatalf("decoded unprintable name %q", b)
+				}
+			}
 		}
 		for _, a := range []netip.AddrPort{ev.Local, ev.Remote} {
 			if a.IsValid() && a.Addr().Is4In6() {

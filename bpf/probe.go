@@ -57,6 +57,8 @@ type HookReport struct {
 	// Refused lists every hook ranked above Attempt, best first, with why it
 	// could not be used.
 	Refused []HookRefusal
+	// Auth says whether authentication events are reported (PAM probes).
+	Auth AuthReport
 	// Programs names every attached program, as section-like strings
 	// ("tracepoint/syscalls/sys_enter_connect"), in attach order.
 	Programs []string
@@ -68,6 +70,11 @@ func (r HookReport) String() string {
 	fmt.Fprintf(&b, "tcp attempt hook %s", r.Attempt)
 	for _, ref := range r.Refused {
 		fmt.Fprintf(&b, "; %s refused: %v", ref.Hook, ref.Err)
+	}
+	if r.Auth.Err != nil {
+		fmt.Fprintf(&b, "; authentication source unavailable: %v", r.Auth.Err)
+	} else if r.Auth.Library != "" {
+		fmt.Fprintf(&b, "; pam probes on %s", r.Auth.Library)
 	}
 	return b.String()
 }

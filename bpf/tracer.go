@@ -25,6 +25,7 @@ const (
 	DefaultRingBufferBytes = 4 << 20
 	DefaultWakeupBytes     = 64 << 10
 	DefaultReadTimeout     = 50 * time.Millisecond
+	DefaultShortSession    = 5 * time.Second
 )
 
 // ErrClosed is returned by a Tracer's Read, Lost and Processes once it is
@@ -53,6 +54,14 @@ type TracerOptions struct {
 	// ExcludeTGID is a process (normally the agent itself) whose connects and
 	// handshakes the kernel does not report. 0 excludes nothing.
 	ExcludeTGID uint32
+	// ShortSession is the lifetime under which an inbound connection that
+	// ends is reported as event.KindInboundShort. Default
+	// DefaultShortSession; negative reports none.
+	ShortSession time.Duration
+	// PAM configures authentication events (uprobes on libpam). When they
+	// cannot be had, the tracer runs without them and says why once, in the
+	// start-up line and in Hooks().Auth.
+	PAM PAMOptions
 	// Logger receives, named "tracer", the one start-up line about the chosen
 	// hooks; nothing is logged per event. nil discards it.
 	Logger *zap.Logger
@@ -80,6 +89,9 @@ func (o TracerOptions) withDefaults() (TracerOptions, error) {
 	}
 	if o.ReadTimeout < time.Millisecond {
 		return o, fmt.Errorf("read timeout %s: want at least 1ms", o.ReadTimeout)
+	}
+	if o.ShortSession == 0 {
+		o.ShortSession = DefaultShortSession
 	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
@@ -113,7 +125,8 @@ type tracepointSet struct {
 }
 
 // Tracer reports connection events from the kernel: outbound connects and TCP
-// handshakes with their outcome, passive opens, and RSTs sent.
+// handshakes with their outcome, passive opens, inbound connections that ended
+// soon after they began, RSTs sent, and authentication calls to libpam.
 //
 // Read is for one goroutine; Hooks, Lost and Processes may be called
 // concurrently with it, and Close from any goroutine, which unblocks Read.
@@ -164,6 +177,9 @@ func NewTracer(opts TracerOptions) (_ *Tracer, err error) {
 	}
 	if err := specs.WakeupBytes.Set(uint64(opts.WakeupBytes)); err != nil {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
+	}
+	if err := specs.ShortSessionNs.Set(uint64(max(opts.ShortSession, 0))); err != nil {
+		return nil, fmt.Errorf("set short_session_ns: %w", err)
 	}
 
 	t := &Tracer{timeout: opts.ReadTimeout}
@@ -221,6 +237,9 @@ func NewTracer(opts TracerOptions) (_ *Tracer, err error) {
 		t.progs = append(t.progs, tp.prog)
 	}
 
+	lib, err := t.attachPAM(opts.PAM, opts.ExcludeTGID, uint64(opts.WakeupBytes))
+	t.hooks.Auth = AuthReport{Library: lib, Err: err}
+
 	t.reader, err = ringbuf.NewReader(t.maps.Events)
 	if err != nil {
 		return nil, fmt.Errorf("open ring buffer reader: %w", err)
@@ -238,6 +257,11 @@ func NewTracer(opts TracerOptions) (_ *Tracer, err error) {
 	for _, r := range refused {
 		fields = append(fields, zap.NamedError(r.Hook.String()+" refused", r.Err))
 	}
+	if t.hooks.Auth.Err != nil {
+		fields = append(fields, zap.NamedError("authentication source unavailable", t.hooks.Auth.Err))
+	} else {
+		fields = append(fields, zap.String("pam_library", t.hooks.Auth.Library))
+	}
 	log.Info("connection tracer attached", fields...)
 	return t, nil
 }
@@ -253,6 +277,7 @@ func sharedMaps(spec *ebpf.CollectionSpec, m *connectMaps) (*ebpf.CollectionOpti
 		"connect_args": m.ConnectArgs,
 		"socks":        m.Socks,
 		"procs":        m.Procs,
+		"inbound":      m.Inbound,
 	}
 	for name := range spec.Maps {
 		if _, ok := loaded[name]; !ok && !strings.HasPrefix(name, ".") {

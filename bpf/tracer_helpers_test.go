@@ -52,7 +52,8 @@ func newTestTracer(t testing.TB, opts TracerOptions) *Tracer {
 }
 
 // collector reads a tracer's events in the background and keeps those that
-// involve this process or a loopback address.
+// involve this process or a loopback address, and every authentication event
+// (tests match those by the pid of the program they ran).
 type collector struct {
 	tr   *Tracer
 	mu   sync.Mutex
@@ -77,7 +78,7 @@ func collect(t testing.TB, tr *Tracer) *collector {
 				}
 				return
 			}
-			if ev.TGID == self || ev.Local.Addr().IsLoopback() || ev.Remote.Addr().IsLoopback() {
+			if ev.TGID == self || ev.Local.Addr().IsLoopback() || ev.Remote.Addr().IsLoopback() || ev.Kind.IsAuth() {
 				c.mu.Lock()
 				c.evs = append(c.evs, ev)
 				c.mu.Unlock()

@@ -192,6 +192,12 @@ func TestTracerHooks(t *testing.T) {
 	if r.Attempt != HookTracepoint {
 		wantPrograms = append([]string{r.Attempt.String()}, wantPrograms...)
 	}
+	if r.Auth.Err == nil {
+		wantPrograms = append(wantPrograms, "uprobe/pam_authenticate", "uretprobe/pam_authenticate",
+			"uprobe/pam_acct_mgmt", "uretprobe/pam_acct_mgmt")
+	} else if _, ok := entries0(logs)["authentication source unavailable"]; !ok {
+		t.Errorf("authentication source unavailable (%v) but not logged", r.Auth.Err)
+	}
 	if diff := cmp.Diff(wantPrograms, r.Programs); diff != "" {
 		t.Errorf("attached programs (-want +got):\n%s", diff)
 	}
@@ -212,6 +218,14 @@ func TestTracerHooks(t *testing.T) {
 			t.Errorf("log entry lacks the %s refusal: %v", ref.Hook, fields)
 		}
 	}
+}
+
+// entries0 returns the fields of the first log entry, or nil.
+func entries0(logs *observer.ObservedLogs) map[string]any {
+	if all := logs.All(); len(all) > 0 {
+		return all[0].ContextMap()
+	}
+	return nil
 }
 
 // tracefsHasKprobes reports whether the kernel offers kprobes through either

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * The few kernel types connect.bpf.c needs, declared by hand instead of a
- * multi-megabyte vmlinux.h.
+ * The few kernel types the tracer (connect.bpf.c, pam.bpf.c) needs, declared
+ * by hand instead of a multi-megabyte vmlinux.h.
  *
  * Kernel structs carry preserve_access_index: their layout here is NOT the
  * kernel's. Only field names and kinds matter; the loader relocates every access
@@ -90,6 +90,37 @@ struct sock {
 	struct sock_common __sk_common;
 	int sk_err;
 } __attribute__((preserve_access_index));
+
+/* From the current task to the sockets it holds (pam.bpf.c). */
+struct socket {
+	struct sock *sk;
+} __attribute__((preserve_access_index));
+
+struct inode {
+	unsigned short i_mode;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct inode *f_inode;
+	void *private_data;
+} __attribute__((preserve_access_index));
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} __attribute__((preserve_access_index));
+
+struct files_struct {
+	struct fdtable *fdt;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	struct files_struct *files;
+} __attribute__((preserve_access_index));
+
+/* include/uapi/linux/stat.h */
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
 
 /* Registers, for PT_REGS_PARM1 in kprobes (bpf_tracing.h picks by arch). */
 #if defined(__TARGET_ARCH_x86)

@@ -39,9 +39,32 @@ const (
 	// KindResetSent: the host answered a segment with a RST (tcp/tcp_send_reset),
 	// typically a probe of a closed port. No process, as for KindInboundAccept.
 	KindResetSent
+	// KindInboundShort: an inbound connection left ESTABLISHED (either side
+	// closed it, or it was reset) within the tracer's short-session threshold
+	// of its passive open. LifetimeMS says how long it lasted. No process, as
+	// for KindInboundAccept. Repeated short sessions from one peer are what a
+	// password guesser against a service without PAM looks like.
+	KindInboundShort
+	// KindAuth: pam_authenticate returned in the process that called it (a
+	// uretprobe on the system's libpam). Result is the PAM return value
+	// (0 PAM_SUCCESS, 7 PAM_AUTH_ERR, ...; see PAMResultName); Service and User
+	// are read from the PAM handle where readable. Remote and Local are the
+	// one inbound TCP connection the process holds, found by the kernel among
+	// the process's own sockets when the call returned; Peers says how many
+	// distinct inbound connections it held, and when that is not exactly 1
+	// the addresses are zero and Direction unknown: the peer is unknown.
+	KindAuth
+	// KindAuthAccount: pam_acct_mgmt returned (the account check after a
+	// successful authentication: expired, locked, not allowed). Fields as for
+	// KindAuth.
+	KindAuthAccount
 
 	kindCount
 )
+
+// NumKinds bounds Kind values: every valid kind is below it, so a
+// [NumKinds]T array can be indexed by kind.
+const NumKinds = int(kindCount)
 
 var kindNames = [kindCount]string{
 	KindUnknown:        "unknown",
@@ -51,6 +74,9 @@ var kindNames = [kindCount]string{
 	KindTCPClose:       "tcp_close",
 	KindInboundAccept:  "inbound_accept",
 	KindResetSent:      "reset_sent",
+	KindInboundShort:   "inbound_short",
+	KindAuth:           "auth",
+	KindAuthAccount:    "auth_account",
 }
 
 // String returns the kind's name as used in rule files and JSON.
@@ -81,14 +107,28 @@ func ParseKind(s string) (Kind, bool) {
 }
 
 // HasProcess reports whether events of this kind carry the process that caused
-// them. Inbound kinds do not: the kernel runs them in softirq context.
+// them. Inbound connection kinds do not: the kernel runs them in softirq
+// context.
 func (k Kind) HasProcess() bool {
+	switch k {
+	case KindConnect, KindTCPAttempt, KindTCPEstablished, KindTCPClose, KindAuth, KindAuthAccount:
+		return true
+	}
+	return false
+}
+
+// IsOutbound reports whether events of this kind are this host's outbound
+// connections (connects, handshakes and their outcome).
+func (k Kind) IsOutbound() bool {
 	switch k {
 	case KindConnect, KindTCPAttempt, KindTCPEstablished, KindTCPClose:
 		return true
 	}
 	return false
 }
+
+// IsAuth reports whether events of this kind are authentication calls.
+func (k Kind) IsAuth() bool { return k == KindAuth || k == KindAuthAccount }
 
 // Direction of a connection relative to this host.
 type Direction uint8
@@ -144,9 +184,10 @@ const (
 	OutcomeRefused                // ECONNREFUSED
 	OutcomeTimeout                // ETIMEDOUT
 	OutcomeOther                  // any other errno
+	OutcomeFailure                // an authentication kind that did not succeed
 )
 
-var outcomeNames = [...]string{"none", "success", "pending", "refused", "timeout", "other"}
+var outcomeNames = [...]string{"none", "success", "pending", "refused", "timeout", "other", "failure"}
 
 func (o Outcome) String() string {
 	if int(o) < len(outcomeNames) {
@@ -167,6 +208,13 @@ func ParseOutcome(s string) (Outcome, bool) {
 
 // CommLen is the kernel's TASK_COMM_LEN.
 const CommLen = 16
+
+// AuthStrLen bounds Service and User, NUL included: longer names are cut.
+const AuthStrLen = 32
+
+// PeersUnknown in Peers: the process had too many descriptors for the kernel
+// to look at them all, so whether it held one inbound connection is unknown.
+const PeersUnknown = 255
 
 // Event is one connection event. It is a plain value: copying it does not
 // allocate, and the decoder fills a caller-owned Event without allocating.
@@ -190,8 +238,20 @@ type Event struct {
 	// State is the TCP state after the transition for socket-state kinds
 	// (linux/tcp_states.h numbering), 0 otherwise.
 	State uint8
+	// Peers is, for authentication kinds, how many distinct inbound TCP
+	// connections the process held (PeersUnknown: too many descriptors to
+	// look); Remote and Local are set only when it is 1. 0 for other kinds.
+	Peers uint8
+	// LifetimeMS is, for KindInboundShort, how long the connection was
+	// established, in ms.
+	LifetimeMS uint32
 	// Comm is the task's command name, NUL padded. Zero for inbound kinds.
 	Comm [CommLen]byte
+	// Service and User are, for authentication kinds, the PAM service name
+	// and the user name the application passed, NUL padded; empty where the
+	// kernel could not read them. User is the name an attacker typed.
+	Service [AuthStrLen]byte
+	User    [AuthStrLen]byte
 	// Local and Remote are this host's and the peer's endpoints. IPv4 is held
 	// as a 4-byte Addr; a v4-mapped IPv6 address is unmapped by the decoder so
 	// rules see one form for one peer.
@@ -217,6 +277,34 @@ func (e *Event) SetComm(s string) {
 	copy(e.Comm[:CommLen-1], s)
 }
 
+// ServiceBytes returns Service up to its first NUL, without allocating.
+func (e *Event) ServiceBytes() []byte { return cstr(e.Service[:]) }
+
+// UserBytes returns User up to its first NUL, without allocating.
+func (e *Event) UserBytes() []byte { return cstr(e.User[:]) }
+
+// SetService and SetUser set Service and User from s, truncated to
+// AuthStrLen-1 bytes as the kernel does.
+func (e *Event) SetService(s string) { setCStr(e.Service[:], s) }
+func (e *Event) SetUser(s string)    { setCStr(e.User[:], s) }
+
+func cstr(b []byte) []byte {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		return b[:i]
+	}
+	return b
+}
+
+func setCStr(dst []byte, s string) {
+	clear(dst)
+	copy(dst[:len(dst)-1], s)
+}
+
+// PeerKnown reports whether the event names the connection it belongs to:
+// always for connection kinds, and for authentication kinds when the process
+// held exactly one inbound connection.
+func (e *Event) PeerKnown() bool { return e.Remote.Addr().IsValid() }
+
 // Outcome classifies Result for this event's kind.
 func (e *Event) Outcome() Outcome {
 	switch e.Kind {
@@ -235,6 +323,11 @@ func (e *Event) Outcome() Outcome {
 			return OutcomeOther
 		}
 		return errnoOutcome(e.Result)
+	case KindAuth, KindAuthAccount:
+		if e.Result == PAMSuccess {
+			return OutcomeSuccess
+		}
+		return OutcomeFailure
 	}
 	return OutcomeNone
 }

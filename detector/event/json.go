@@ -15,8 +15,10 @@ import (
 //	 "uid":1000,"comm":"curl","cgroup":5678,"result":-111,"state":0,
 //	 "local":"10.0.0.1:0","remote":"10.0.0.2:22"}
 //
-// ts is the kernel monotonic timestamp in ns; result is 0 or a negative errno;
-// state is the TCP state after a socket-state transition; local and remote are
+// ts is the kernel monotonic timestamp in ns; result is 0 or a negative errno
+// (a PAM return value for "auth" and "auth_account"); state is the TCP state
+// after a socket-state transition; peers, service and user belong to the
+// authentication kinds and lifetime_ms to "inbound_short"; local and remote are
 // "addr:port" ("[v6]:port" for IPv6). Fields that are zero may be omitted, except
 // ts, kind, local and remote. Unknown fields are an error, so a typo in a fixture
 // is caught instead of silently read as zero.
@@ -31,6 +33,10 @@ type wire struct {
 	Cgroup    uint64 `json:"cgroup,omitempty"`
 	Result    int32  `json:"result,omitempty"`
 	State     uint8  `json:"state,omitempty"`
+	Peers     uint8  `json:"peers,omitempty"`
+	Lifetime  uint32 `json:"lifetime_ms,omitempty"`
+	Service   string `json:"service,omitempty"`
+	User      string `json:"user,omitempty"`
 	Local     string `json:"local"`
 	Remote    string `json:"remote"`
 }
@@ -38,17 +44,21 @@ type wire struct {
 // MarshalJSON encodes the event in its JSON-lines form.
 func (e Event) MarshalJSON() ([]byte, error) {
 	w := wire{
-		TS:     e.Timestamp,
-		Kind:   e.Kind.String(),
-		PID:    e.PID,
-		TGID:   e.TGID,
-		UID:    e.UID,
-		Comm:   e.CommString(),
-		Cgroup: e.Cgroup,
-		Result: e.Result,
-		State:  e.State,
-		Local:  addrPortString(e.Local),
-		Remote: addrPortString(e.Remote),
+		TS:       e.Timestamp,
+		Kind:     e.Kind.String(),
+		PID:      e.PID,
+		TGID:     e.TGID,
+		UID:      e.UID,
+		Comm:     e.CommString(),
+		Cgroup:   e.Cgroup,
+		Result:   e.Result,
+		State:    e.State,
+		Peers:    e.Peers,
+		Lifetime: e.LifetimeMS,
+		Service:  string(e.ServiceBytes()),
+		User:     string(e.UserBytes()),
+		Local:    addrPortString(e.Local),
+		Remote:   addrPortString(e.Remote),
 	}
 	if e.Direction != DirUnknown {
 		w.Direction = e.Direction.String()
@@ -94,6 +104,17 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 		return fmt.Errorf("event: comm %q contains a NUL byte", w.Comm)
 	}
 	ev.SetComm(w.Comm)
+	for _, f := range []struct{ name, v string }{{"service", w.Service}, {"user", w.User}} {
+		if len(f.v) >= AuthStrLen {
+			return fmt.Errorf("event: %s %q longer than %d bytes", f.name, f.v, AuthStrLen-1)
+		}
+		if strings.IndexByte(f.v, 0) >= 0 {
+			return fmt.Errorf("event: %s %q contains a NUL byte", f.name, f.v)
+		}
+	}
+	ev.SetService(w.Service)
+	ev.SetUser(w.User)
+	ev.Peers, ev.LifetimeMS = w.Peers, w.Lifetime
 	var err error
 	if ev.Local, err = parseAddrPort(w.Local); err != nil {
 		return fmt.Errorf("event: local: %w", err)
