@@ -38,9 +38,9 @@ type Engine struct {
 	findings []graph.Finding // reused buffer for graph detectors
 }
 
-// kindSlots bounds event.Kind values the engine indexes rules by (the
-// kinds run up to event.KindResetSent); Process ignores anything beyond.
-const kindSlots = int(event.KindResetSent) + 1
+// kindSlots bounds event.Kind values the engine indexes rules by; Process
+// ignores anything beyond.
+const kindSlots = event.NumKinds
 
 // ruleSet is a compiled set with per-rule state, indexed by event kind so
 // that an event only meets the rules whose filter admits its kind.
@@ -66,7 +66,10 @@ type ruleState struct {
 	pv     *graph.Pivot
 	sm     *statemachine.Machine[groupKey]
 	sup    *thresholdState // count 1 per key: one pivot/sequence alert per window
-	stats  RuleStats
+	// needsPeer: the rule groups by the remote end, so an event that does not
+	// name one (an authentication whose peer is unknown) cannot count.
+	needsPeer bool
+	stats     RuleStats
 }
 
 // New compiles set into an engine.
@@ -131,6 +134,9 @@ func (e *Engine) build(set *rules.Set) (*ruleSet, error) {
 		default:
 			return nil, fmt.Errorf("detector: rule %q: unsupported detection %s", r.Name, r.Detection.Type)
 		}
+		// Every distinct field is an address or port, and so are these keys.
+		st.needsPeer = r.Detection.Type == rules.DetectDistinct ||
+			st.by&(rules.KeyRemoteIP|rules.KeyRemoteNet|rules.KeyRemotePort|rules.KeyLocalPort) != 0
 		keyed := st.by
 		if st.pv != nil {
 			keyed = pivotKeyFields // the suppression key: comm and attacker
@@ -159,7 +165,7 @@ func (e *Engine) Process(ev *event.Event) {
 	}
 	if int(ev.Kind) < len(e.cur.byKind) {
 		for _, st := range e.cur.byKind[ev.Kind] {
-			if !st.rule.Filter.Match(ev) {
+			if !st.rule.Filter.Match(ev) || (st.needsPeer && !ev.PeerKnown()) {
 				continue
 			}
 			st.stats.Matches++

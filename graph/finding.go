@@ -115,7 +115,7 @@ func makeKinds(errs *fielderr.List, path string, kinds, def []event.Kind, allowe
 	return s
 }
 
-func outboundKind(k event.Kind) bool { return k.HasProcess() }
+func outboundKind(k event.Kind) bool { return k.IsOutbound() }
 
 func inboundKind(k event.Kind) bool {
 	return k == event.KindInboundAccept || k == event.KindResetSent

@@ -48,7 +48,7 @@ type Stats struct {
 }
 
 // numKinds sizes per-kind counters.
-const numKinds = int(event.KindResetSent) + 1
+const numKinds = event.NumKinds
 
 type nodeVal struct {
 	first, last uint64
@@ -121,7 +121,7 @@ func (g *Graph) Observe(ev *event.Event) {
 	var from, to NodeKey
 	var port uint16
 	switch {
-	case ev.Kind.HasProcess() && ev.Direction != event.DirInbound:
+	case ev.Kind.IsOutbound():
 		if !ev.Remote.Addr().IsValid() {
 			g.stats.Ignored++
 			return

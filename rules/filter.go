@@ -34,6 +34,7 @@ type Filter struct {
 	localAddrs  *PrefixSet
 	remoteAddrs *PrefixSet
 	comms       *CommSet
+	services    *NameSet
 	uids        []Range32
 	cgroups     []uint64
 	not         []*Filter
@@ -75,6 +76,9 @@ func (f *Filter) Match(ev *event.Event) bool {
 	if f.comms != nil && !f.comms.Match(&ev.Comm) {
 		return false
 	}
+	if f.services != nil && !f.services.Match(ev.ServiceBytes()) {
+		return false
+	}
 	for _, n := range f.not {
 		if n.Match(ev) {
 			return false
@@ -111,7 +115,7 @@ func inRanges(rs []Range32, v uint32) bool {
 }
 
 var filterFields = []string{"kind", "direction", "outcome", "result", "local_port", "remote_port",
-	"local_addr", "remote_addr", "comm", "uid", "cgroup", "not"}
+	"local_addr", "remote_addr", "comm", "service", "uid", "cgroup", "not"}
 
 // errnoNames are the errno names a filter's result field accepts.
 var errnoNames = map[string]int32{
@@ -175,7 +179,7 @@ func (c *compiler) filter(n *yaml.Node, field string, nested bool) *Filter {
 		for _, v := range c.scalars(e.val, fld) {
 			o, ok := event.ParseOutcome(v.Value)
 			if !ok || o == event.OutcomeNone {
-				c.errf(v, fld, "unknown outcome %q; valid: success, pending, refused, timeout, other", v.Value)
+				c.errf(v, fld, "unknown outcome %q; valid: success, pending, refused, timeout, other, failure (authentication kinds)", v.Value)
 				continue
 			}
 			f.outcomes |= 1 << o
@@ -190,9 +194,13 @@ func (c *compiler) filter(n *yaml.Node, field string, nested bool) *Filter {
 				f.results = append(f.results, -errno)
 				continue
 			}
+			if r, ok := event.ParsePAMResult(v.Value); ok {
+				f.results = append(f.results, r)
+				continue
+			}
 			r, err := strconv.ParseInt(v.Value, 10, 32)
 			if err != nil || r > 0 || r < -4095 {
-				c.errf(v, fld, "%q is not a connect result; write 0, a negative errno such as -111, or a name: %s", v.Value, errnoList())
+				c.errf(v, fld, "%q is not a result; write 0, a negative errno such as -111, an errno name (%s), or for authentication kinds a PAM name such as PAM_AUTH_ERR", v.Value, errnoList())
 				continue
 			}
 			f.results = append(f.results, int32(r))
@@ -234,6 +242,10 @@ func (c *compiler) filter(n *yaml.Node, field string, nested bool) *Filter {
 	if e, ok := m["comm"]; ok {
 		f.comms = c.comms(e.val, join(field, "comm"))
 		add("comm", f.comms.String())
+	}
+	if e, ok := m["service"]; ok {
+		f.services = c.services(e.val, join(field, "service"))
+		add("service", f.services.String())
 	}
 	if e, ok := m["uid"]; ok {
 		fld := join(field, "uid")
@@ -298,10 +310,14 @@ func (c *compiler) filter(n *yaml.Node, field string, nested bool) *Filter {
 	if f.kinds != 0 && !anyHasProcess(f) {
 		for _, x := range []struct{ name, always string }{{"comm", "empty"}, {"uid", "0"}, {"cgroup", "0"}} {
 			if e, ok := m[x.name]; ok {
-				c.errf(e.key, join(field, x.name), "%s events carry no process, so %s is always %s; remove it or add a process kind (connect, tcp_attempt, tcp_established, tcp_close)",
+				c.errf(e.key, join(field, x.name), "%s events carry no process, so %s is always %s; remove it or add a process kind (connect, tcp_attempt, tcp_established, tcp_close, auth, auth_account)",
 					kindNames(f), x.name, x.always)
 			}
 		}
+	}
+	// Only authentication events have a service.
+	if e, ok := m["service"]; ok && f.kinds != 0 && !f.admits(event.KindAuth) && !f.admits(event.KindAuthAccount) {
+		c.errf(e.key, join(field, "service"), "%s events have no PAM service, so it never matches; remove it or add kind auth or auth_account", kindNames(f))
 	}
 	f.canon = strings.Join(canon, ";")
 	return f
@@ -442,6 +458,22 @@ func (c *compiler) comms(n *yaml.Node, field string) *CommSet {
 		}
 	}
 	return newCommSet(pats)
+}
+
+// services compiles a service field: PAM service names or globs.
+func (c *compiler) services(n *yaml.Node, field string) *NameSet {
+	var pats []string
+	for _, v := range c.scalars(n, field) {
+		switch s := v.Value; {
+		case s == "":
+			c.errf(v, field, "empty service never matches; write a PAM service name such as sshd")
+		case !strings.ContainsAny(s, "*?") && len(s) > event.AuthStrLen-1:
+			c.errf(v, field, "%q is longer than %d bytes and can never match: the kernel reads at most that; write %q", s, event.AuthStrLen-1, s[:event.AuthStrLen-1])
+		default:
+			pats = append(pats, s)
+		}
+	}
+	return newNameSet(pats)
 }
 
 func (c *compiler) comm(v *yaml.Node, field string) (string, bool) {

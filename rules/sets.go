@@ -279,6 +279,49 @@ func (s *CommSet) Match(comm *[event.CommLen]byte) bool {
 
 func (s *CommSet) String() string { return strings.Join(s.patterns, ",") }
 
+// NameSet matches a name (a PAM service) against exact names and glob
+// patterns ('*', '?'). Sets are small; matching tries each in turn and never
+// allocates.
+type NameSet struct {
+	exact    []string
+	globs    []string
+	patterns []string // sorted, for String
+}
+
+func newNameSet(patterns []string) *NameSet {
+	s := &NameSet{}
+	for _, p := range patterns {
+		if slices.Contains(s.patterns, p) {
+			continue
+		}
+		s.patterns = append(s.patterns, p)
+		if strings.ContainsAny(p, "*?") {
+			s.globs = append(s.globs, p)
+		} else {
+			s.exact = append(s.exact, p)
+		}
+	}
+	slices.Sort(s.patterns)
+	return s
+}
+
+// Match reports whether name (without its NUL padding) is in the set.
+func (s *NameSet) Match(name []byte) bool {
+	for _, e := range s.exact {
+		if string(name) == e {
+			return true
+		}
+	}
+	for _, g := range s.globs {
+		if globMatch(g, name) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *NameSet) String() string { return strings.Join(s.patterns, ",") }
+
 // globMatch matches '*' and '?' with the usual single-backtrack-point
 // algorithm: linear in practice, no recursion, no allocation.
 func globMatch(pat string, name []byte) bool {

@@ -166,6 +166,12 @@ func New(cfg config.Config, log *zap.Logger) (_ *Agent, err error) {
 	a.tr, err = bpf.NewTracer(bpf.TracerOptions{
 		RingBufferBytes: cfg.RingBufferBytes,
 		ReadTimeout:     DefaultReadTimeout,
+		ShortSession:    shortSession(cfg.ShortSession),
+		PAM: bpf.PAMOptions{
+			Disabled: cfg.Auth.PAM == "off",
+			Library:  cfg.Auth.Library,
+			Root:     cfg.Auth.Root,
+		},
 		ExcludeTGID:     uint32(os.Getpid()),
 		Logger:          log,
 	})
@@ -699,4 +705,13 @@ func (b *backend) Ready() error {
 		return errors.New("starting or stopping")
 	}
 	return nil
+}
+
+// shortSession maps the configuration's 0 (report none) to the tracer's
+// negative.
+func shortSession(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }

@@ -61,6 +61,23 @@ func toRecord(a *detector.Alert, wall func(uint64) time.Time, hostname string, b
 		r.Process = &alertlog.Process{PID: ev.TGID, TID: ev.PID, Name: ev.CommString()}
 		r.User = &alertlog.User{ID: fmt.Sprint(ev.UID)}
 	}
+	if ev.Kind.IsAuth() {
+		r.Event.Category = append(r.Event.Category, "authentication")
+		r.Event.Type = append(r.Event.Type, "start")
+		peer := "known"
+		switch {
+		case ev.Peers == event.PeersUnknown:
+			peer = "unknown (too many descriptors to look through)"
+		case !ev.PeerKnown():
+			peer = fmt.Sprintf("unknown (%d inbound connections)", ev.Peers)
+		}
+		r.Connwarden.Auth = &alertlog.Auth{
+			Service: string(ev.ServiceBytes()),
+			User:    string(ev.UserBytes()),
+			Result:  event.PAMResultName(ev.Result),
+			Peer:    peer,
+		}
+	}
 	if d := a.Decision; d != nil {
 		r.Event.Type = append(r.Event.Type, "denied")
 		res := "ok"

@@ -94,7 +94,19 @@ type Connwarden struct {
 	EventsLost uint64         `json:"events_lost"`
 	Block      *Block         `json:"block,omitempty"`
 	Suppressed string         `json:"block_suppressed,omitempty"`
+	Auth       *Auth          `json:"auth,omitempty"`
 	Details    map[string]any `json:"details,omitempty"`
+}
+
+// Auth describes the authentication call behind an alert on an
+// authentication kind (a PAM probe).
+type Auth struct {
+	Service string `json:"service,omitempty"` // PAM service
+	User    string `json:"user,omitempty"`    // the user name the client gave
+	Result  string `json:"result"`            // PAM_SUCCESS, PAM_AUTH_ERR, ...
+	// Peer says whether the peer is known: "known" when the process held one
+	// inbound connection, else "unknown (N inbound connections)".
+	Peer string `json:"peer"`
 }
 
 // Block is the block decision an alert led to.

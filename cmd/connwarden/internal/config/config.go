@@ -52,8 +52,25 @@ type Config struct {
 	// GCInterval is how often expired blocklist entries are deleted.
 	GCInterval time.Duration `yaml:"gc_interval"`
 	LogLevel   string        `yaml:"log_level"`
-	API        API           `yaml:"api"`
-	Alerts     Alerts        `yaml:"alerts"`
+	// ShortSession: inbound connections that end within it of being
+	// established are reported (event kind inbound_short); 0 reports none.
+	ShortSession time.Duration `yaml:"short_session"`
+	Auth         Auth          `yaml:"auth"`
+	API          API           `yaml:"api"`
+	Alerts       Alerts        `yaml:"alerts"`
+}
+
+// Auth is the authentication source: uprobes on libpam.
+type Auth struct {
+	// PAM is auto (probe libpam when it is found, run without it otherwise,
+	// saying so once) or off.
+	PAM string `yaml:"pam"`
+	// Library is the libpam file to probe; empty finds libpam.so.0 below
+	// Root the way the dynamic loader would.
+	Library string `yaml:"library"`
+	// Root is the host's file system as the agent sees it: "/" on a host,
+	// the host mount (e.g. /host) in a container.
+	Root string `yaml:"root"`
 }
 
 // API settings.
@@ -87,6 +104,8 @@ func Default() Config {
 		RingBufferBytes: 4 << 20,
 		GCInterval:      10 * time.Second,
 		LogLevel:        "info",
+		ShortSession:    5 * time.Second,
+		Auth:            Auth{PAM: "auto", Root: "/"},
 		API: API{
 			Listen: fmt.Sprintf("127.0.0.1:%d", DefaultAPIPort),
 			Socket: "/run/connwarden/api.sock",
@@ -161,6 +180,16 @@ func (c *Config) ApplyEnv(getenv func(string) string) error {
 		c.GCInterval = d
 	}
 	str("CONNWARDEN_LOG_LEVEL", &c.LogLevel)
+	if v := getenv("CONNWARDEN_SHORT_SESSION"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("CONNWARDEN_SHORT_SESSION=%q: want a duration like 5s, or 0 to report none", v))
+		}
+		c.ShortSession = d
+	}
+	str("CONNWARDEN_AUTH_PAM", &c.Auth.PAM)
+	str("CONNWARDEN_AUTH_LIBRARY", &c.Auth.Library)
+	str("CONNWARDEN_AUTH_ROOT", &c.Auth.Root)
 	str("CONNWARDEN_API_LISTEN", &c.API.Listen)
 	str("CONNWARDEN_API_SOCKET", &c.API.Socket)
 	str("CONNWARDEN_API_TOKEN_FILE", &c.API.TokenFile)
@@ -188,6 +217,14 @@ func (c *Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		errs = append(errs, fmt.Errorf("log_level %q: valid are debug, info, warn, error", c.LogLevel))
+	}
+	if c.ShortSession < 0 || c.ShortSession > time.Hour {
+		errs = append(errs, fmt.Errorf("short_session %v: want 0 (report none) up to 1h", c.ShortSession))
+	}
+	switch c.Auth.PAM {
+	case "auto", "off":
+	default:
+		errs = append(errs, fmt.Errorf("auth.pam %q: valid are auto, off", c.Auth.PAM))
 	}
 	if c.PinDir == "" {
 		errs = append(errs, errors.New("pin_dir is empty"))
