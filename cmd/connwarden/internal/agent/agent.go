@@ -172,8 +172,8 @@ func New(cfg config.Config, log *zap.Logger) (_ *Agent, err error) {
 			Library:  cfg.Auth.Library,
 			Root:     cfg.Auth.Root,
 		},
-		ExcludeTGID:     uint32(os.Getpid()),
-		Logger:          log,
+		ExcludeTGID: uint32(os.Getpid()),
+		Logger:      log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("tracer: %w", err)
