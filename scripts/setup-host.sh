@@ -13,6 +13,13 @@ command -v ip >/dev/null          || need+=(iproute2)
 command -v promtool >/dev/null    || need+=(prometheus)
 command -v ping >/dev/null        || need+=(iputils-ping)
 command -v nsenter >/dev/null     || need+=(util-linux)
+# The PAM tests: gcc builds a small libpam caller; OpenSSH is the real server
+# and client of the end-to-end brute-force tests (sshd runs only inside the
+# tests' network namespaces).
+command -v gcc >/dev/null         || need+=(gcc libc6-dev)
+[ -x /usr/sbin/sshd ]             || need+=(openssh-server)
+command -v ssh >/dev/null         || need+=(openssh-client)
+command -v useradd >/dev/null     || need+=(passwd)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
@@ -21,6 +28,13 @@ if [ ${#need[@]} -gt 0 ]; then
 	fi
 	echo "setup-host: installing ${need[*]}" >&2
 	export DEBIAN_FRONTEND=noninteractive
+	# Packages must not start their daemons (sshd on port 22, prometheus) on
+	# the host: policy-rc.d refuses every service start during the install.
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod 755 /usr/sbin/policy-rc.d
+		trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+	fi
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi

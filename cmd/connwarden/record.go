@@ -46,6 +46,9 @@ func newRecordCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("tracer: %w", err)
 			}
+			// Said once attached, so whoever started us knows events from now
+			// on are recorded.
+			fmt.Fprintf(cmd.ErrOrStderr(), "recording: %s\n", tr.Hooks())
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			if dur > 0 {

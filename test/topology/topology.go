@@ -153,6 +153,38 @@ func (top *Topology) Remove() error {
 	return first
 }
 
+// KillAll SIGKILLs every process whose network namespace is h's: servers a
+// test started there and everything they forked (sshd's per-connection
+// processes rename themselves, so only their namespace finds them all).
+// It returns how many it killed.
+func (h *Host) KillAll() (int, error) {
+	var want unix.Stat_t
+	if err := unix.Stat("/run/netns/"+h.Name, &want); err != nil {
+		return 0, fmt.Errorf("namespace %s: %w", h.Name, err)
+	}
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Stat("/proc/"+p.Name()+"/ns/net", &st) != nil {
+			continue
+		}
+		if st.Ino == want.Ino && st.Dev == want.Dev {
+			if unix.Kill(pid, unix.SIGKILL) == nil {
+				n++
+			}
+		}
+	}
+	return n, nil
+}
+
 // Command returns a command that runs inside h's network namespace only
 // (nsenter --net): unlike `ip netns exec` it keeps the mount namespace, so
 // bpffs pins and unix sockets are shared with the test.
