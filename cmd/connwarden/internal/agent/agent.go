@@ -178,6 +178,9 @@ func New(cfg config.Config, log *zap.Logger) (_ *Agent, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("tracer: %w", err)
 	}
+	if a.tr.Hooks().Auth.Err == nil {
+		a.met.AuthSourceUp.Set(1)
+	}
 	return a, nil
 }
 

@@ -59,6 +59,7 @@ type Metrics struct {
 	DetectToBlock   prometheus.Histogram
 	ReloadSuccess   prometheus.Gauge
 	ReloadTimestamp prometheus.Gauge
+	AuthSourceUp    prometheus.Gauge
 	descPackets     *prometheus.Desc
 	descReasons     *prometheus.Desc
 	descEvents      *prometheus.Desc
@@ -95,6 +96,10 @@ func New(snapshot func() Snapshot) *Metrics {
 		Namespace: ns, Name: "rules_last_reload_success_timestamp_seconds",
 		Help: "Unix time of the last successful rule (re)load.",
 	})
+	m.AuthSourceUp = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: ns, Name: "auth_source_up",
+		Help: "Whether authentication events are reported (1: PAM probes attached; 0: see the start-up log for why not).",
+	})
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(prometheus.BuildFQName(ns, "", name), help, labels, nil)
 	}
@@ -122,7 +127,7 @@ func New(snapshot func() Snapshot) *Metrics {
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		info, m.EngineSeconds, m.DetectToBlock, m.ReloadSuccess, m.ReloadTimestamp, m,
+		info, m.EngineSeconds, m.DetectToBlock, m.ReloadSuccess, m.ReloadTimestamp, m.AuthSourceUp, m,
 	)
 	return m
 }
