@@ -190,6 +190,8 @@ type recorder struct {
 	t    *testing.T
 	cmd  *exec.Cmd
 	path string
+	done chan string // the rest of its stderr, once it exits
+	lost *uint64     // events it lost in the kernel, once stopped
 }
 
 func startRecorder(t *testing.T) *recorder {
@@ -212,16 +214,30 @@ func startRecorder(t *testing.T) *recorder {
 	if !strings.Contains(line, "pam probes on ") {
 		t.Fatalf("recorder has no authentication source: %s", line)
 	}
-	go io.Copy(io.Discard, stderr)
+	r.done = make(chan string, 1)
+	go func() {
+		rest, _ := io.ReadAll(stderr)
+		r.done <- string(rest)
+	}()
 	return r
 }
 
 // authEvents stops the recorder and returns the authentication events of
-// sshd processes, in kernel time order.
-func (r *recorder) authEvents() []event.Event {
+// sshd processes, in kernel time order, and how many events it lost (other
+// packages' tests flood the machine's tracers; a lost event cannot be
+// counted on).
+func (r *recorder) authEvents() ([]event.Event, uint64) {
 	r.t.Helper()
-	r.cmd.Process.Signal(syscall.SIGINT)
-	r.cmd.Wait()
+	if r.lost == nil {
+		r.cmd.Process.Signal(syscall.SIGINT)
+		r.cmd.Wait()
+		var n, lost uint64
+		tail := <-r.done
+		if _, err := fmt.Sscanf(strings.TrimSpace(tail), "recorded %d events (%d lost in the kernel)", &n, &lost); err != nil {
+			r.t.Fatalf("recorder's last words %q: %v", tail, err)
+		}
+		r.lost = &lost
+	}
 	f, err := os.Open(r.path)
 	if err != nil {
 		r.t.Fatal(err)
@@ -239,7 +255,7 @@ func (r *recorder) authEvents() []event.Event {
 		}
 	}
 	slices.SortFunc(out, func(a, b event.Event) int { return cmp.Compare(a.Timestamp, b.Timestamp) })
-	return out
+	return out, *r.lost
 }
 
 // routedV6 gives the attacker n addresses in a /64 of its own (the link's
@@ -320,7 +336,8 @@ func TestSSHBruteForce(t *testing.T) {
 					for _, r := range res {
 						t.Logf("attack client: %v: %s", r.err, r.out)
 					}
-					for _, ev := range rec.authEvents() {
+					evs, _ := rec.authEvents()
+					for _, ev := range evs {
 						b, _ := json.Marshal(ev)
 						t.Logf("recorded: %s", b)
 					}
@@ -359,7 +376,7 @@ func TestSSHBruteForce(t *testing.T) {
 				t.Errorf("login with the right password after the attack: %v: %s", r.err, r.out)
 			}
 
-			evs := rec.authEvents()
+			evs, lost := rec.authEvents()
 			var fails []event.Event
 			okInternal := 0
 			for _, ev := range evs {
@@ -379,11 +396,15 @@ func TestSSHBruteForce(t *testing.T) {
 					t.Errorf("sshd event with peer %v (%d inbound connections): want the attacker or the internal host", ev.Remote, ev.Peers)
 				}
 			}
-			if want := tc.conns * tc.prompts; len(fails) < 5 || len(fails) > want {
+			if want := tc.conns * tc.prompts; len(fails) > want || (lost == 0 && len(fails) < 5) {
 				t.Fatalf("%d failed authentications from the attacker recorded, want 5 to %d", len(fails), want)
 			}
-			if okInternal != 2 {
+			if okInternal > 2 || (lost == 0 && okInternal != 2) {
 				t.Errorf("%d successful logins of the internal host recorded, want 2", okInternal)
+			}
+			if lost > 0 || len(fails) < 5 {
+				t.Logf("the recorder lost %d events to other tests' load: counts from its recording are lower bounds", lost)
+				return
 			}
 			for _, e := range a.blocklist() {
 				if strings.HasPrefix(e.Address, top.Internal.IPv4.String()+"/") {
