@@ -152,7 +152,7 @@ func (l *sshLab) login(h *topology.Host, src, dst netip.Addr, password string, p
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	args := []string{"--net=/run/netns/" + h.Name, "--", "setsid", "-w", "ssh", "-F", "/dev/null",
+	args := []string{"--net=/run/netns/" + h.Name, "--", "ssh", "-F", "/dev/null",
 		"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "GlobalKnownHostsFile=/dev/null",
 		"-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no",
 		"-o", fmt.Sprintf("NumberOfPasswordPrompts=%d", prompts), "-o", "ConnectTimeout=3", "-o", "LogLevel=ERROR"}
@@ -162,8 +162,11 @@ func (l *sshLab) login(h *topology.Host, src, dst netip.Addr, password string, p
 	args = append(args, l.user.name+"@"+dst.String(), "true")
 	cmd := exec.CommandContext(ctx, "nsenter", args...)
 	cmd.Env = append(os.Environ(), "SSH_ASKPASS="+askpass, "SSH_ASKPASS_REQUIRE=force", "DISPLAY=none", "CW_PASSWORD="+password)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// A session of its own: no controlling terminal (the password comes from
+	// SSH_ASKPASS), and one process group to kill on timeout, ssh included.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 2 * time.Second
 	out, err := cmd.CombinedOutput()
 	return sshResult{err: err, out: strings.TrimSpace(string(out))}
 }
@@ -177,7 +180,8 @@ func (l *sshLab) attack(h *topology.Host, srcs []netip.Addr, dst netip.Addr, pro
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res[i] = l.login(h, src, dst, "wrong-"+randID(), prompts, 30*time.Second)
+			// A client whose connection the block cut hangs until then.
+			res[i] = l.login(h, src, dst, "wrong-"+randID(), prompts, 20*time.Second)
 		}()
 	}
 	wg.Wait()
