@@ -13,6 +13,10 @@ command -v ip >/dev/null          || need+=(iproute2)
 command -v promtool >/dev/null    || need+=(prometheus)
 command -v ping >/dev/null        || need+=(iputils-ping)
 command -v nsenter >/dev/null     || need+=(util-linux)
+# deploy/ checks: the unit (systemd-analyze; setpriv and unshare come with
+# util-linux), the system calls the agent makes (strace).
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v strace >/dev/null      || need+=(strace)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
