@@ -32,9 +32,11 @@ run: setup build
 	$(BIN) run $(ARGS)
 
 # The whole suite: vet, formatting, then every test (kernel tests included) with
-# the race detector. The bpf tests also check the committed objects match the C.
+# the race detector. The bpf tests also check the committed objects match the C;
+# deploy/check, a module of its own, checks the Kubernetes manifests.
 test: setup lint
 	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+	cd deploy/check && $(GO) test -count=1 ./...
 
 bench: setup
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 -timeout 30m $(PKGS)
@@ -52,6 +54,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null; git ls-files -o --exclude-standard '*.go' 2>/dev/null)); \
 		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+	cd deploy/check && $(GO) vet ./...
 
 clean:
 	rm -rf bin bench.json

@@ -441,3 +441,69 @@ func TestUnitSystemCallFilterAllowsTheAgent(t *testing.T) {
 	}
 	t.Logf("%d distinct system calls, all allowed", len(used))
 }
+
+// writeConfigMapVolume lays out files as kubelet does for a ConfigMap volume
+// (its atomic writer): the files in a timestamped directory, ..data a symlink
+// to it, each name a symlink into ..data. An update writes a new directory
+// and renames a new ..data over the old one: the visible names never change.
+func writeConfigMapVolume(t *testing.T, dir string, files map[string]string) {
+	t.Helper()
+	ts := "..2026_11_21_12_00_00." + randID()
+	if err := os.Mkdir(filepath.Join(dir, ts), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, ts, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old, _ := os.Readlink(filepath.Join(dir, "..data"))
+	if err := os.Symlink(ts, filepath.Join(dir, "..data_tmp")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	for name := range files {
+		if _, err := os.Lstat(filepath.Join(dir, name)); err != nil {
+			os.Symlink(filepath.Join("..data", name), filepath.Join(dir, name))
+		}
+	}
+	if old != "" {
+		os.RemoveAll(filepath.Join(dir, old))
+	}
+}
+
+// The DaemonSet mounts its rules ConfigMap as a directory; when the
+// ConfigMap changes, kubelet swaps ..data and the agent reloads by itself.
+func TestAgentReloadsConfigMapRules(t *testing.T) {
+	top := requireKernel(t)
+	a := newAgent(t, top, nil)
+	writeConfigMapVolume(t, a.rulesDir, map[string]string{"burst.yaml": burstRule})
+	a.start()
+	rules := func() []string {
+		var rs struct {
+			Rules []struct{ Name string } `json:"rules"`
+		}
+		if err := a.client().Do("GET", "/api/v1/rules", nil, &rs); err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, r := range rs.Rules {
+			names = append(names, r.Name)
+		}
+		return names
+	}
+	if got := rules(); !slices.Equal(got, []string{"e2e-inbound-burst"}) {
+		t.Fatalf("rules from the ConfigMap volume: %q", got)
+	}
+	// Same file name, new content: only ..data and the timestamped
+	// directory change.
+	writeConfigMapVolume(t, a.rulesDir, map[string]string{"burst.yaml": strings.ReplaceAll(burstRule, "e2e-inbound-burst", "e2e-from-new-configmap")})
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if got := rules(); slices.Equal(got, []string{"e2e-from-new-configmap"}) {
+			return
+		}
+	}
+	t.Fatalf("ConfigMap update not loaded within 10s: rules %q\n%s", rules(), a.log())
+}
