@@ -23,7 +23,7 @@ DESTDIR    ?=
 # with its sha256, in DIST. Timestamps in the tarball are the last commit's.
 DIST              ?= dist
 GOARCH            ?= $(shell $(GO) env GOARCH)
-RELEASE           := connwarden-$(VERSION)-linux-$(GOARCH)
+RELEASE            = connwarden-$(VERSION)-linux-$(GOARCH)
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 RELEASE_FILES     := README.md docs/operations.md deploy/config.yaml \
                      deploy/systemd/connwarden.service deploy/grafana/connwarden.json \
