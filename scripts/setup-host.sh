@@ -20,6 +20,10 @@ command -v gcc >/dev/null         || need+=(gcc libc6-dev)
 [ -x /usr/sbin/sshd ]             || need+=(openssh-server)
 command -v ssh >/dev/null         || need+=(openssh-client)
 command -v useradd >/dev/null     || need+=(passwd)
+# deploy/ checks: the unit (systemd-analyze; setpriv and unshare come with
+# util-linux), the system calls the agent makes (strace).
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v strace >/dev/null      || need+=(strace)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then

@@ -74,6 +74,9 @@ type agentProc struct {
 	iface     string
 	host      *topology.Host
 	exited    chan error
+	// wrap, when set, runs before the agent inside the namespace and must
+	// exec it (setpriv, unshare): wrap[0] wrap[1:]... agentBin args...
+	wrap []string
 }
 
 // newAgent prepares (does not start) an agent for the victim of top with the
@@ -138,7 +141,11 @@ func (a *agentProc) start(extra ...string) {
 	if err != nil {
 		a.t.Fatal(err)
 	}
-	a.cmd = a.host.Command(agentBin, args...)
+	if len(a.wrap) > 0 {
+		a.cmd = a.host.Command(a.wrap[0], append(append(a.wrap[1:len(a.wrap):len(a.wrap)], agentBin), args...)...)
+	} else {
+		a.cmd = a.host.Command(agentBin, args...)
+	}
 	a.cmd.Stdout, a.cmd.Stderr = logf, logf
 	a.cmd.Env = append(os.Environ(), "CONNWARDEN_API_TOKEN=")
 	if err := a.cmd.Start(); err != nil {

@@ -502,6 +502,12 @@ func (a *Agent) snapshot() metrics.Snapshot {
 		s.Alerts[[2]string{r.Name, r.Severity.String()}] = r.Alerts
 	}
 	s.RateLimited, s.Capped = es.RateLimited, es.Capped
+	// Every outcome from the start: a series born at its first increment
+	// hides that increment from increase(), and an alert on errors would
+	// miss the first ones.
+	for _, k := range [][2]string{{"block", "ok"}, {"block", "error"}, {"unblock", "ok"}, {"unblock", "error"}} {
+		s.Decisions[k] = 0
+	}
 	a.decisions.Range(func(k, v any) bool {
 		s.Decisions[k.([2]string)] = v.(*atomic.Uint64).Load()
 		return true
