@@ -94,8 +94,21 @@ release:
 	rm -rf $(DIST)/$(RELEASE)
 	@cat $(DIST)/$(RELEASE).tar.gz.sha256
 
+# Every benchmark of the project, then bench.json (issue #5's figures, the
+# medians of BENCH_COUNT runs) and a table of them against their targets, by
+# test/benchreport. Packages run one at a time, so that no benchmark of ours
+# competes with another. The agent benchmarks (test/, whole experiments of
+# seconds each) run once per run (-benchtime 1x; start-up: 5 starts per run).
+# The raw go test -json stream is kept in bin/bench.jsonl. Fails when a
+# benchmark failed; a missed target is reported, not an error.
+BENCH_COUNT ?= 5
 bench: setup
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 -timeout 30m $(PKGS)
+	@mkdir -p bin
+	$(GO) build -o bin/benchreport ./test/benchreport
+	{ $(GO) test -json -p 1 -run '^$$' -bench . -skip '^BenchmarkAgent' -benchmem -count $(BENCH_COUNT) -timeout 60m $(PKGS); \
+	  $(GO) test -json -run '^$$' -bench '^BenchmarkAgentStartup$$' -benchtime 5x -count $(BENCH_COUNT) -timeout 30m ./test/; \
+	  $(GO) test -json -run '^$$' -bench '^BenchmarkAgent(DetectToBlock|RSS100kKeys)$$' -benchtime 1x -count $(BENCH_COUNT) -timeout 30m ./test/; \
+	} 2>&1 | bin/benchreport -progress -raw bin/bench.jsonl -o bench.json
 
 # Run every fuzz target for FUZZTIME each.
 fuzz:

@@ -153,9 +153,10 @@ type Blocklist struct {
 
 	// writeMu serialises writers of the maps, so that GC cannot delete an
 	// entry that Block of this process has just refreshed, and guards
-	// slotCounts.
+	// slotCounts and changes to count.
 	writeMu    sync.Mutex
 	slotCounts [blocklistBlSlotSetBL_SLOTS_MAX][]uint32
+	count      entryCount // see blocklist_count.go
 
 	mu       sync.Mutex // guards everything below
 	closed   bool

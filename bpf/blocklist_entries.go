@@ -106,13 +106,20 @@ func (b *Blocklist) Block(p netip.Prefix, ttl time.Duration, reason Reason) erro
 
 	b.writeMu.Lock()
 	defer b.writeMu.Unlock()
+	var added, raced bool
 	if isCIDR(np) {
-		err = b.trieInsert(m, cidrSlots(np), np, key, &val)
+		added, err = b.trieInsert(m, cidrSlots(np), np, key, &val)
 	} else {
-		err = m.Update(key, &val, ebpf.UpdateAny)
+		added, raced, err = insert(m, key, &val)
+	}
+	if raced {
+		b.countForget()
 	}
 	if err != nil {
 		return fmt.Errorf("block %s: %w", np, mapFull(err))
+	}
+	if added {
+		b.countAdd(1)
 	}
 	return nil
 }
@@ -198,6 +205,9 @@ func (b *Blocklist) BlockBatch(entries []BlockEntry) (_ int, err error) {
 			return 0, fmt.Errorf("block batch: %w", err)
 		}
 	}
+	// The batch interface cannot tell a new key from a replaced one (it
+	// takes no BPF_NOEXIST), so the count is learnt again by the next Len.
+	b.countForget()
 	total := 0
 	for _, w := range []func() (int, error){
 		func() (int, error) { return exact4.write(b.exactV4) },
@@ -259,10 +269,15 @@ func (b *Blocklist) Unblock(p netip.Prefix) error {
 	m, key := b.locate(np)
 	b.writeMu.Lock()
 	defer b.writeMu.Unlock()
+	deleted := false
 	if isCIDR(np) {
-		err = b.trieDelete(m, cidrSlots(np), np, key)
+		deleted, err = b.trieDelete(m, cidrSlots(np), np, key)
 	} else {
 		err = m.Delete(key)
+		deleted = err == nil
+	}
+	if deleted {
+		b.countAdd(-1)
 	}
 	if err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -435,7 +450,9 @@ func (b *Blocklist) GC() (_ int, err error) {
 		return 0, fmt.Errorf("gc: %w", err)
 	}
 	var dead []netip.Prefix
+	seen := 0
 	if err := b.walk(func(p netip.Prefix, v *blocklistBlValue) bool {
+		seen++
 		if clk.expired(v.ExpiresNs) {
 			dead = append(dead, p)
 		}
@@ -443,7 +460,7 @@ func (b *Blocklist) GC() (_ int, err error) {
 	}); err != nil {
 		return 0, fmt.Errorf("gc: %w", err)
 	}
-	n := 0
+	n, gone := 0, 0 // deleted here; found deleted already
 	dirty := map[blocklistBlSlotSet]bool{}
 	defer func() {
 		for set := range dirty {
@@ -456,8 +473,10 @@ func (b *Blocklist) GC() (_ int, err error) {
 		m, key := b.locate(p)
 		if err := m.Delete(key); err != nil {
 			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				gone++
 				continue
 			}
+			b.countForget()
 			return n, fmt.Errorf("gc: delete %s: %w", p, err)
 		}
 		if isCIDR(p) {
@@ -466,15 +485,7 @@ func (b *Blocklist) GC() (_ int, err error) {
 		}
 		n++
 	}
-	return n, nil
-}
-
-// Len returns the number of block entries, expired ones included.
-func (b *Blocklist) Len() (int, error) {
-	n := 0
-	if err := b.walk(func(netip.Prefix, *blocklistBlValue) bool { n++; return true }); err != nil {
-		return 0, fmt.Errorf("len: %w", err)
-	}
+	b.countSet(seen - n - gone)
 	return n, nil
 }
 
@@ -498,7 +509,7 @@ func (b *Blocklist) Allow(p netip.Prefix) error {
 	m, key := b.allowKey(np)
 	b.writeMu.Lock()
 	defer b.writeMu.Unlock()
-	if err := b.trieInsert(m, allowSlots(np), np, key, &blocklistBlAllowValue{Prefixlen: uint8(np.Bits())}); err != nil {
+	if _, err := b.trieInsert(m, allowSlots(np), np, key, &blocklistBlAllowValue{Prefixlen: uint8(np.Bits())}); err != nil {
 		return fmt.Errorf("allow %s: %w", np, mapFull(err))
 	}
 	return nil
@@ -513,7 +524,7 @@ func (b *Blocklist) Disallow(p netip.Prefix) error {
 	m, key := b.allowKey(np)
 	b.writeMu.Lock()
 	defer b.writeMu.Unlock()
-	if err := b.trieDelete(m, allowSlots(np), np, key); err != nil {
+	if _, err := b.trieDelete(m, allowSlots(np), np, key); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("disallow %s: %w", np, ErrNotAllowed)
 		}

@@ -147,18 +147,18 @@ func (b *Blocklist) trieHas(m *ebpf.Map, p netip.Prefix, key any) (bool, error) 
 }
 
 // trieInsert adds or replaces the entry key (prefix p) of trie m, whose
-// summary is set: for a new key the slot bits go up before the entry does.
-// writeMu held.
-func (b *Blocklist) trieInsert(m *ebpf.Map, set blocklistBlSlotSet, p netip.Prefix, key, val any) error {
+// summary is set, and reports whether the key is new: for a new key the slot
+// bits go up before the entry does. writeMu held.
+func (b *Blocklist) trieInsert(m *ebpf.Map, set blocklistBlSlotSet, p netip.Prefix, key, val any) (added bool, err error) {
 	exists, err := b.trieHas(m, p, key)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if !exists {
 		b.slotAdd(set, p, 1)
 		if err := b.flushSlots(set); err != nil {
 			b.slotAdd(set, p, -1)
-			return err
+			return false, err
 		}
 	}
 	if err := m.Update(key, val, ebpf.UpdateAny); err != nil {
@@ -166,17 +166,18 @@ func (b *Blocklist) trieInsert(m *ebpf.Map, set blocklistBlSlotSet, p netip.Pref
 			b.slotAdd(set, p, -1)
 			err = errors.Join(err, b.flushSlots(set))
 		}
-		return err
+		return false, err
 	}
-	return nil
+	return !exists, nil
 }
 
 // trieDelete deletes the entry key (prefix p) of trie m, then lowers its slot
-// bits. writeMu held.
-func (b *Blocklist) trieDelete(m *ebpf.Map, set blocklistBlSlotSet, p netip.Prefix, key any) error {
+// bits; deleted reports whether the entry went, even when the bits could not
+// be written. writeMu held.
+func (b *Blocklist) trieDelete(m *ebpf.Map, set blocklistBlSlotSet, p netip.Prefix, key any) (deleted bool, err error) {
 	if err := m.Delete(key); err != nil {
-		return err
+		return false, err
 	}
 	b.slotAdd(set, p, -1)
-	return b.flushSlots(set)
+	return true, b.flushSlots(set)
 }
