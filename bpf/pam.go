@@ -3,6 +3,7 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"io"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -114,14 +115,34 @@ func (t *Tracer) attachPAM(opts PAMOptions, excludeTGID uint32, wakeupBytes uint
 	if err != nil {
 		return "", fmt.Errorf("open %s: %w", lib, err)
 	}
+	// The uprobe PMU first; where the kernel wants CAP_SYS_ADMIN for it (or
+	// lacks it), an event made through tracefs (uprobe_tracefs.go).
+	attach := func(symbol string, prog *ebpf.Program, ret bool) (io.Closer, error) {
+		var l io.Closer
+		pmuErr := errTracefsUprobesOnly
+		if tracefsUprobesOnly {
+			// tests of the fallback
+		} else if ret {
+			l, pmuErr = ex.Uretprobe(symbol, prog, nil)
+		} else {
+			l, pmuErr = ex.Uprobe(symbol, prog, nil)
+		}
+		if pmuErr == nil {
+			return l, nil
+		}
+		l, tfErr := attachUprobeTracefs(lib, symbol, ret, prog)
+		if tfErr != nil {
+			return nil, fmt.Errorf("%w; through tracefs: %w", pmuErr, tfErr)
+		}
+		return l, nil
+	}
 	for _, f := range pamFuncs {
-		entry, ret := f.entry(&objs.pamPrograms), f.ret(&objs.pamPrograms)
-		l, err := ex.Uprobe(f.symbol, entry, nil)
+		l, err := attach(f.symbol, f.entry(&objs.pamPrograms), false)
 		if err != nil {
 			return "", fmt.Errorf("attach uprobe %s in %s: %w", f.symbol, lib, err)
 		}
 		opened = append(opened, namedCloser{"uprobe " + f.symbol + " link", l})
-		l, err = ex.Uretprobe(f.symbol, ret, nil)
+		l, err = attach(f.symbol, f.ret(&objs.pamPrograms), true)
 		if err != nil {
 			return "", fmt.Errorf("attach uretprobe %s in %s: %w", f.symbol, lib, err)
 		}

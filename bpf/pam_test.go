@@ -252,3 +252,40 @@ func monoNow(t *testing.T) uint64 {
 	}
 	return uint64(ts.Nano())
 }
+
+// TestPAMEventsThroughTracefs: the fallback that needs no CAP_SYS_ADMIN (a
+// uprobe made through uprobe_events) reports the same events, and removes
+// its uprobe events when the tracer closes.
+func TestPAMEventsThroughTracefs(t *testing.T) {
+	tracefsUprobesOnly = true
+	t.Cleanup(func() { tracefsUprobesOnly = false })
+	opts := TracerOptions{ReadTimeout: 5 * time.Millisecond}
+	kerneltest.Require(t)
+	tr, err := NewTracer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Hooks().Auth.Err; err != nil {
+		if errors.Is(err, errNoLibrary) {
+			kerneltest.Unsupported(t, "no libpam on this machine: %v", err)
+		}
+		t.Fatalf("authentication source through tracefs: %v", err)
+	}
+	group := "connwarden_" + strconv.Itoa(os.Getpid()) + "/"
+	if b, _ := os.ReadFile(filepath.Join(tracefsDir, "uprobe_events")); strings.Count(string(b), group) != 4 {
+		t.Errorf("uprobe_events holds %d of our events, want 4:\n%s", strings.Count(string(b), group), b)
+	}
+	bin := buildPAMCall(t)
+	c := collect(t, tr)
+	run := runPAMCall(t, bin, "connwarden-test", "cw-nosuchuser", "wrong", "1")
+	ev := c.waitFor(t, "auth event", func(ev *event.Event) bool { return ev.Kind == event.KindAuth && ev.TGID == run.pid })
+	if ev.Remote != run.peers[0] || ev.Result != run.auth {
+		t.Errorf("auth event peer %v result %d, want %v and %d", ev.Remote, ev.Result, run.peers[0], run.auth)
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(tracefsDir, "uprobe_events")); strings.Contains(string(b), group) {
+		t.Errorf("uprobe events left after Close:\n%s", b)
+	}
+}

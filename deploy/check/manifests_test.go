@@ -299,7 +299,8 @@ func TestDaemonSetGivesTheAgentWhatItNeeds(t *testing.T) {
 	if p := bpffs.m.MountPropagation; p == nil || *p != corev1.MountPropagationHostToContainer {
 		t.Errorf("bpffs mountPropagation %s: want HostToContainer (Bidirectional needs a privileged pod)", ptrString(p))
 	}
-	hostPath("/sys/kernel/tracing", "/sys/kernel/tracing", true)
+	// Writable: the PAM probes are made through uprobe_events.
+	hostPath("/sys/kernel/tracing", "/sys/kernel/tracing", false)
 	if !strings.HasPrefix(flags["pin-dir"], "/sys/fs/bpf/") {
 		t.Errorf("--pin-dir=%s is not in the host's bpffs", flags["pin-dir"])
 	}
