@@ -23,14 +23,25 @@ import (
 type thresholdState struct {
 	n      int
 	window uint64
-	ts     []uint64
 	meta   []thMeta
 }
+
+// thInline is how many timestamps a key keeps inline. Most keys of a busy
+// host see a handful of events (one per scanning peer, say), so a key holds
+// its ring inline until it needs more, and a rule with count 300 does not
+// cost 2.4 KB for every peer that connected once.
+const thInline = 4
 
 type thMeta struct {
 	start, cnt uint32
 	alertAt    uint64
 	alerted    bool
+	small      [thInline]uint64
+	// big is the full ring of n timestamps, allocated the first time the
+	// slot's key needs more than thInline (only when n > thInline) and kept
+	// when the slot is reset and reused, so a steady stream does not
+	// allocate.
+	big []uint64
 }
 
 func newThresholdState(t *rules.Threshold) *thresholdState {
@@ -40,21 +51,36 @@ func newThresholdState(t *rules.Threshold) *thresholdState {
 func (s *thresholdState) ensure(slot int32) {
 	for int(slot) >= len(s.meta) {
 		s.meta = append(s.meta, thMeta{})
-		s.ts = append(s.ts, make([]uint64, s.n)...)
 	}
 }
 
-func (s *thresholdState) reset(slot int32) { s.meta[slot] = thMeta{} }
+func (s *thresholdState) reset(slot int32) {
+	m := &s.meta[slot]
+	*m = thMeta{big: m.big}
+}
+
+// grow moves a key's timestamps from inline to the full ring before the
+// ring holds more than thInline. The inline ring has not wrapped: it wraps
+// only when full at n, and n > thInline here.
+func (s *thresholdState) grow(m *thMeta) {
+	m.big = make([]uint64, s.n)
+	copy(m.big, m.small[:m.cnt])
+	m.start = 0
+}
 
 // at returns the i-th oldest timestamp of slot's ring (i < n). The ring
 // index wraps by subtraction: a division per access cost more than the
 // rest of observe.
 func (s *thresholdState) at(slot int32, i uint32) *uint64 {
-	j := s.meta[slot].start + i
+	m := &s.meta[slot]
+	j := m.start + i
 	if j >= uint32(s.n) {
 		j -= uint32(s.n)
 	}
-	return &s.ts[int(slot)*s.n+int(j)]
+	if m.big != nil {
+		return &m.big[j]
+	}
+	return &m.small[j]
 }
 
 // observe adds ts to slot's ring and reports whether the key fires now, or
@@ -62,6 +88,9 @@ func (s *thresholdState) at(slot int32, i uint32) *uint64 {
 func (s *thresholdState) observe(slot int32, ts uint64) (fire, suppressed bool) {
 	m := &s.meta[slot]
 	n := uint32(s.n)
+	if m.big == nil && m.cnt == thInline && n > thInline {
+		s.grow(m)
+	}
 	switch {
 	case m.cnt == 0 || ts >= *s.at(slot, m.cnt-1):
 		if m.cnt < n {
