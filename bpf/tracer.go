@@ -319,8 +319,10 @@ func (t *Tracer) Hooks() HookReport {
 	return r
 }
 
-// Lost returns how many events the kernel dropped because the ring buffer was
-// full, since NewTracer.
+// Lost returns how many events the kernel dropped since NewTracer: records
+// that did not fit in the full ring buffer, plus runs of the tracer's
+// programs the kernel skipped because another BPF program was already running
+// on that CPU (recursion misses; a skipped hook is an event nobody sees).
 func (t *Tracer) Lost() (uint64, error) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
@@ -334,6 +336,11 @@ func (t *Tracer) Lost() (uint64, error) {
 	var n uint64
 	for _, v := range perCPU {
 		n += v
+	}
+	for _, p := range t.progs {
+		if stats, err := p.Stats(); err == nil {
+			n += stats.RecursionMisses
+		}
 	}
 	return n, nil
 }
