@@ -119,12 +119,13 @@ func (t *Tracer) attachPAM(opts PAMOptions, excludeTGID uint32, wakeupBytes uint
 	// lacks it), an event made through tracefs (uprobe_tracefs.go).
 	attach := func(symbol string, prog *ebpf.Program, ret bool) (io.Closer, error) {
 		var l io.Closer
-		pmuErr := errTracefsUprobesOnly
-		if tracefsUprobesOnly {
-			// tests of the fallback
-		} else if ret {
+		var pmuErr error
+		switch {
+		case tracefsUprobesOnly:
+			pmuErr = errTracefsUprobesOnly
+		case ret:
 			l, pmuErr = ex.Uretprobe(symbol, prog, nil)
-		} else {
+		default:
 			l, pmuErr = ex.Uprobe(symbol, prog, nil)
 		}
 		if pmuErr == nil {
