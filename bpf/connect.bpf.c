@@ -156,16 +156,7 @@ static __always_inline int on_tcp_connect(struct sock *sk)
 	struct event *e = reserve(now);
 	if (!e)
 		return 0;
-	e->family = family;
-	e->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	e->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	if (family == AF_INET) {
-		bpf_core_read(e->laddr, 4, &sk->__sk_common.skc_rcv_saddr);
-		bpf_core_read(e->raddr, 4, &sk->__sk_common.skc_daddr);
-	} else {
-		bpf_core_read(e->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
-		bpf_core_read(e->raddr, 16, &sk->__sk_common.skc_v6_daddr);
-	}
+	sock_addrs(e, sk, family);
 	attempt_event(e, &p);
 	return 0;
 }

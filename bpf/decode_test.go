@@ -95,8 +95,14 @@ func TestKindMapping(t *testing.T) {
 // generated declaration so the tests do not share decode.go's offsets.
 func eventRecord(t testing.TB, e connectEvent) []byte {
 	t.Helper()
+	return kernelRecord(t, &e)
+}
+
+// kernelRecord encodes a generated record type in the kernel's layout.
+func kernelRecord(t testing.TB, rec any) []byte {
+	t.Helper()
 	var buf bytes.Buffer
-	if err := binary.Write(&buf, binary.NativeEndian, &e); err != nil {
+	if err := binary.Write(&buf, binary.NativeEndian, rec); err != nil {
 		t.Fatalf("encode record: %v", err)
 	}
 	return buf.Bytes()
@@ -215,11 +221,7 @@ func TestDecodeEvent(t *testing.T) {
 // authRecord is a struct auth_event as pam.bpf.c writes it.
 func authRecord(t testing.TB, a connectAuthEvent) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	if err := binary.Write(&buf, binary.NativeEndian, &a); err != nil {
-		t.Fatalf("encode record: %v", err)
-	}
-	return buf.Bytes()
+	return kernelRecord(t, &a)
 }
 
 func str32(s string) (b [32]uint8) {

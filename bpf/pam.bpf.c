@@ -141,17 +141,8 @@ static __always_inline void find_peer(struct event *e)
 		e->peers = 0;
 		return;
 	}
-	e->family = family;
 	e->direction = DIR_INBOUND;
-	e->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	e->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	if (family == AF_INET) {
-		bpf_core_read(e->laddr, 4, &sk->__sk_common.skc_rcv_saddr);
-		bpf_core_read(e->raddr, 4, &sk->__sk_common.skc_daddr);
-	} else {
-		bpf_core_read(e->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
-		bpf_core_read(e->raddr, 16, &sk->__sk_common.skc_v6_daddr);
-	}
+	sock_addrs(e, sk, family);
 }
 
 static __always_inline int leave(struct pt_regs *ctx)

@@ -218,4 +218,21 @@ static __always_inline void set_proc(struct event *e, const struct proc_info *p)
 	__builtin_memcpy(e->comm, p->comm, sizeof(e->comm));
 }
 
+/* sock_addrs sets e's family, addresses and ports from a socket of that
+ * family (AF_INET or AF_INET6). Sizes are explicit: BPF_CORE_READ_INTO would
+ * size the copy by an array's element, one byte. */
+static __always_inline void sock_addrs(struct event *e, struct sock *sk, __u16 family)
+{
+	e->family = family;
+	e->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	e->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET) {
+		bpf_core_read(e->laddr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_core_read(e->raddr, 4, &sk->__sk_common.skc_daddr);
+	} else {
+		bpf_core_read(e->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(e->raddr, 16, &sk->__sk_common.skc_v6_daddr);
+	}
+}
+
 #endif /* CONNWARDEN_EVENTS_H */
