@@ -276,17 +276,20 @@ func (a *agentProc) blocklist() []blockEntry {
 // waitBlocked polls the API until addr is blocked.
 func (a *agentProc) waitBlocked(addr netip.Addr, within time.Duration) blockEntry {
 	a.t.Helper()
-	want := netip.PrefixFrom(addr, addr.BitLen()).String()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
+	return a.waitBlockedPrefix(netip.PrefixFrom(addr, addr.BitLen()), within)
+}
+
+// waitBlockedPrefix polls the API until p is blocked.
+func (a *agentProc) waitBlockedPrefix(p netip.Prefix, within time.Duration) blockEntry {
+	a.t.Helper()
+	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		for _, e := range a.blocklist() {
-			if e.Address == want {
+			if e.Address == p.String() {
 				return e
 			}
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
-	a.t.Fatalf("%s not blocked within %v; blocklist: %+v", addr, within, a.blocklist())
+	a.t.Fatalf("%v not blocked within %v; blocklist: %+v", p, within, a.blocklist())
 	return blockEntry{}
 }
 

@@ -434,19 +434,6 @@ func TestSSHBruteForce(t *testing.T) {
 	}
 }
 
-// waitBlockedPrefix polls the API until p is blocked.
-func (a *agentProc) waitBlockedPrefix(p netip.Prefix, within time.Duration) {
-	a.t.Helper()
-	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		for _, e := range a.blocklist() {
-			if e.Address == p.String() {
-				return
-			}
-		}
-	}
-	a.t.Fatalf("%v not blocked within %v; blocklist: %+v", p, within, a.blocklist())
-}
-
 // waitAlertFrom is waitAlert for an alert whose source is any of srcs.
 func (a *agentProc) waitAlertFrom(rule string, srcs []netip.Addr, within time.Duration) map[string]any {
 	a.t.Helper()
